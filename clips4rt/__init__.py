@@ -1,0 +1,27 @@
+"""clips4rt: open-vocabulary semantic segmentation (CLIP-S4) on onnxruntime.
+
+    import clips4rt
+    seg = clips4rt.Segmenter("model.onnx")
+    result = seg.run("photo.jpg", ["cat", "dog", "sofa"])
+    result.labels  # (H, W) int32 index into the classes, -1 = background
+
+Depends on numpy, onnxruntime and pillow only.
+"""
+
+from clips4rt.bundle import FORMAT_VERSION, BundleInfo
+from clips4rt.errors import BundleError, ImageError
+from clips4rt.images import load_image
+from clips4rt.segmenter import SegmentationResult, Segmenter
+from clips4rt.tokenizer import tokenize
+
+__version__ = "0.1.0"
+__all__ = [
+    "FORMAT_VERSION",
+    "BundleError",
+    "BundleInfo",
+    "ImageError",
+    "SegmentationResult",
+    "Segmenter",
+    "load_image",
+    "tokenize",
+]

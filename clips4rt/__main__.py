@@ -1,0 +1,5 @@
+import sys
+
+from clips4rt.cli import main
+
+sys.exit(main())

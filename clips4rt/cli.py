@@ -1,0 +1,96 @@
+"""Command line: ``clips4rt segment``, ``clips4rt info``.
+
+clips4rt segment photo.jpg --model model.onnx --classes "cat,dog,sofa" --out out/
+clips4rt info model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from clips4rt.errors import BundleError, ImageError
+
+
+def _split(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _segment(args) -> int:
+    from clips4rt.segmenter import Segmenter
+    from clips4rt.visualize import label_png
+
+    classes = _split(args.classes)
+    if not classes:
+        raise ValueError('--classes is empty: give names like --classes "cat,dog"')
+    seg = Segmenter(args.model, threads=args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {}
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    if args.background is not None:
+        options["background"] = _split(args.background)
+    failed = 0
+    for image in args.images:
+        try:
+            r = seg.run(image, classes, **options)
+        except (ImageError, FileNotFoundError) as e:
+            print(f"skipped {image}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        stem = Path(image).stem
+        label_png(r.labels, len(classes)).save(out / f"{stem}_labels.png")
+        r.overlay().save(out / f"{stem}_overlay.png")
+        total = r.labels.size
+        found = ", ".join(
+            f"{c} {100 * (r.labels == k).sum() / total:.1f}%"
+            for k, c in enumerate(classes)
+            if (r.labels == k).any()
+        )
+        print(f"{image}: {found or 'background only'} -> {out / (stem + '_overlay.png')}")
+    return 1 if failed else 0
+
+
+def _info(args) -> int:
+    from clips4rt.segmenter import Segmenter
+
+    seg = Segmenter(args.model)
+    info = dataclasses.asdict(seg.info)
+    info["prompt_templates"] = f"{len(seg.info.prompt_templates)} templates"
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clips4rt", description="open-vocabulary segmentation")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("segment", help="segment images by class names")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--model", required=True, help="bundle image graph (model.onnx)")
+    s.add_argument("--classes", required=True, help='comma-separated names, "cat,dog"')
+    s.add_argument("--out", default="clips4rt_out", help="output folder")
+    s.add_argument("--threshold", type=float, help="background probability threshold")
+    s.add_argument("--background", help="comma-separated background class names")
+    s.add_argument("--threads", type=int, help="CPU threads")
+    s.set_defaults(fn=_segment)
+    i = sub.add_parser("info", help="print a bundle's metadata")
+    i.add_argument("model", help="bundle image graph (model.onnx)")
+    i.set_defaults(fn=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (BundleError, ImageError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Segmenter: prompt-conditioned segmentation with an exported bundle on onnxruntime."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from clips4rt import bundle as B
+from clips4rt.errors import BundleError, ImageError
+from clips4rt.images import load_image
+from clips4rt.prompts import check_templates
+from clips4rt.tokenizer import tokenize
+from kernels.cpu import match_upsample
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+@dataclass
+class SegmentationResult:
+    """Result of :meth:`Segmenter.run` for one image.
+
+    labels: (H, W) int32 at the input's original size, index into ``classes``,
+        -1 where the background rule applies.
+    scores: (H, W) float32 softmax probability of the winning prompt.
+    similarity: (H, W) float32 cosine of the pixel with the winning prompt.
+    classes: the class names, in the order given.
+    image: the input as HxWx3 uint8 RGB (for :meth:`overlay`).
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    similarity: np.ndarray
+    classes: list[str]
+    image: np.ndarray
+
+    def mask(self, name: str) -> np.ndarray:
+        """(H, W) bool mask of class ``name``."""
+        if name not in self.classes:
+            raise KeyError(f"{name!r} is not one of the classes {self.classes}")
+        return self.labels == self.classes.index(name)
+
+    def overlay(self, alpha: float = 0.5) -> Image.Image:
+        """The image with class colours blended in and a legend (PIL RGB)."""
+        from clips4rt.visualize import overlay
+
+        return overlay(self.image, self.labels, self.classes, alpha)
+
+
+def resolve_providers(providers: Sequence[str] | None) -> list[str]:
+    """TensorRT/CUDA when onnxruntime-gpu sees them, then CPU; or the explicit list."""
+    available = ort.get_available_providers()
+    if providers is None:
+        return [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [providers]
+    unknown = [p for p in providers if p not in available]
+    if unknown or not providers:
+        raise ValueError(
+            f"execution providers {unknown or providers} are not available in this "
+            f"onnxruntime; available: {available}. For CUDA install onnxruntime-gpu."
+        )
+    return list(providers)
+
+
+def check_classes(classes) -> list[str]:
+    """Validate class names: a non-empty list of distinct, non-empty strings."""
+    if isinstance(classes, str):
+        raise TypeError(f"classes must be a list of names, e.g. {classes.split(',')!r}")
+    try:
+        classes = list(classes)
+    except TypeError:
+        raise TypeError(
+            f"classes must be a list of strings, got {type(classes).__name__}"
+        ) from None
+    if not classes:
+        raise ValueError("classes is empty: give at least one class name")
+    for i, c in enumerate(classes):
+        if not isinstance(c, str):
+            raise TypeError(f"class names must be strings; classes[{i}] is {type(c).__name__}")
+        if not c.strip():
+            raise ValueError(f"classes[{i}] is an empty name")
+    dupes = sorted({c for c in classes if classes.count(c) > 1})
+    if dupes:
+        # Refused rather than merged: labels index into `classes`, so a silent
+        # merge would shift every index after the duplicate.
+        raise ValueError(f"duplicate class names {dupes}: give each class once")
+    return classes
+
+
+class Segmenter:
+    """Open-vocabulary segmentation with a clips4rt bundle.
+
+    >>> seg = Segmenter("model.onnx")
+    >>> result = seg.run("photo.jpg", ["cat", "dog", "sofa"])
+    >>> result.labels.shape  # (H, W) of the photo
+
+    Args:
+        path: the image graph ``model.onnx``; the text graph named in its metadata
+            must sit beside it.
+        providers: onnxruntime execution providers; None = TensorRT/CUDA if
+            available, else CPU.
+        threads: intra-op threads of the CPU provider and of post-processing
+            (None = onnxruntime's default / all cores).
+    """
+
+    def __init__(self, path, providers: Sequence[str] | None = None, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        self.providers = resolve_providers(providers)
+        self.threads = threads
+        self._image = self._session(self.path)
+        meta = self._image.get_modelmeta().custom_metadata_map
+        self.info = B.BundleInfo.from_metadata(meta, str(self.path))
+        text_path = self.path.parent / self.info.text_model
+        if not text_path.is_file():
+            raise BundleError(
+                f"text graph {text_path} named by {self.path.name} is missing: keep the "
+                "bundle's files together"
+            )
+        if B.sha256_file(text_path) != self.info.text_model_sha256:
+            raise BundleError(
+                f"{text_path} does not match the sha256 recorded in {self.path.name}: it "
+                "belongs to another export. Re-export the bundle."
+            )
+        self._text = self._session(text_path)
+        self._check_io()
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def _session(self, path: Path) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+        try:
+            return ort.InferenceSession(str(path), opts, providers=self.providers)
+        except Exception as e:  # onnxruntime raises several private types here
+            raise BundleError(
+                f"{path} is not a loadable ONNX model ({type(e).__name__}: {e}). Is the "
+                "file truncated or of another format? Re-export with `python -m train.export`."
+            ) from e
+
+    def _check_io(self) -> None:
+        for sess, name, inp, out in (
+            (self._image, "image graph", B.IMAGE_INPUT, B.IMAGE_OUTPUT),
+            (self._text, "text graph", B.TEXT_INPUT, B.TEXT_OUTPUT),
+        ):
+            ins = [i.name for i in sess.get_inputs()]
+            outs = [o.name for o in sess.get_outputs()]
+            if ins != [inp] or outs[:1] != [out]:
+                raise BundleError(
+                    f"{name} has inputs {ins} / outputs {outs}; the bundle contract wants "
+                    f"{[inp]} / {[out]}. Re-export the bundle."
+                )
+
+    # ------------------------------------------------------------------ text side
+    def text_embeddings(self, classes: Sequence[str], templates=None) -> np.ndarray:
+        """(K, D) float32 prototypes: per class, the unit mean of its unit-length
+        prompt embeddings over ``templates``. Cached per (class, templates)."""
+        templates = check_templates(templates or self.info.prompt_templates)
+        todo = [c for c in dict.fromkeys(classes) if (c, templates) not in self._cache]
+        if todo:
+            prompts = [t.format(c) for c in todo for t in templates]
+            tokens = tokenize(prompts, self.info.context_length)
+            emb = np.concatenate(
+                [
+                    self._text.run(None, {B.TEXT_INPUT: tokens[i : i + 256]})[0]
+                    for i in range(0, len(tokens), 256)
+                ]
+            ).astype(np.float64)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            emb = emb.reshape(len(todo), len(templates), -1).mean(axis=1)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            for c, e in zip(todo, emb.astype(np.float32)):
+                self._cache[(c, templates)] = e
+            while len(self._cache) > 4096:
+                self._cache.popitem(last=False)
+        for c in classes:
+            self._cache.move_to_end((c, templates))
+        return np.stack([self._cache[(c, templates)] for c in classes])
+
+    # ----------------------------------------------------------------- image side
+    def working_size(self, h: int, w: int, size: int | None = None) -> tuple[int, int]:
+        """(H', W') the graph runs at: short side ~``size``, multiples of the stride,
+        long side at most 4x ``size``."""
+        size = int(size or self.info.input_size)
+        s = self.info.stride
+        if size < s:
+            raise ValueError(f"size {size} is smaller than the model's stride {s}")
+        if min(h, w) < s:
+            raise ImageError(
+                f"image is {w}x{h} pixels, smaller than one {s}x{s} patch of the model"
+            )
+        scale = size / min(h, w)
+        return tuple(int(min(4 * size, max(s, round(n * scale / s) * s))) for n in (h, w))
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Run the image graph: (B, H, W, 3) uint8 -> (B, D, H/stride, W/stride) float32."""
+        return self._image.run(None, {B.IMAGE_INPUT: images})[0]
+
+    def run(self, image, classes: Sequence[str], **options) -> SegmentationResult:
+        """Segment one image by class names.
+
+        Args:
+            image: file path, PIL image, or HxWx3 uint8 RGB array.
+            classes: class names (distinct, non-empty strings).
+            threshold: background if the winner's probability is under it
+                (default: the bundle's; 0 disables).
+            background: extra class names whose pixels become -1 (default: the
+                bundle's; a name also in ``classes`` counts as a class).
+            templates: prompt templates with one '{}' (default: the bundle's).
+            size: short side the image is resized to (default: the bundle's).
+        """
+        return self.run_batch([image], classes, **options)[0]
+
+    def run_batch(
+        self,
+        images: Sequence,
+        classes: Sequence[str],
+        *,
+        threshold: float | None = None,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+        size: int | None = None,
+    ) -> list[SegmentationResult]:
+        """Segment several images; images of the same working size share one graph run."""
+        classes = check_classes(classes)
+        threshold = self.info.background_threshold if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+        bg = self.info.background_classes if background is None else check_classes(background)
+        bg = [b for b in bg if b not in classes]
+        protos = self.text_embeddings(classes + bg, templates)
+        arrays = [load_image(im) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, a in enumerate(arrays):
+            groups.setdefault(self.working_size(*a.shape[:2], size), []).append(i)
+        results: list[SegmentationResult | None] = [None] * len(arrays)
+        for (hh, ww), idx in groups.items():
+            batch = np.stack([_resize(arrays[i], hh, ww) for i in idx])
+            emb = self.embed(batch)
+            for j, i in enumerate(idx):
+                results[i] = self._postprocess(emb[j], protos, arrays[i], classes, threshold)
+        return results
+
+    def _postprocess(self, emb, protos, image, classes, threshold) -> SegmentationResult:
+        labels, sims, probs = match_upsample(
+            emb, protos, image.shape[:2], self.info.logit_scale, threads=self.threads or 0
+        )
+        labels[(labels >= len(classes)) | (probs < threshold)] = -1
+        return SegmentationResult(labels, probs, sims, list(classes), image)
+
+
+def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    if a.shape[:2] == (h, w):
+        return a
+    return np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))

@@ -1,0 +1,182 @@
+"""Export: torch vs onnxruntime parity for every dense mode, and export errors."""
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from clips4rt import bundle as B  # noqa: E402
+from train.models.dense_clip import DENSE_MODES, CLIPText, DenseCLIPImage, block_forward  # noqa: E402
+
+
+def test_block_forward_matches_open_clip(tiny_clip):
+    model = tiny_clip[0]
+    x = torch.randn(2, 17, model.visual.transformer.width)
+    for blk in model.visual.transformer.resblocks:
+        torch.testing.assert_close(block_forward(blk, x), blk(x), rtol=1e-5, atol=1e-5)
+    t = torch.randn(3, 77, model.transformer.width)
+    blk = model.transformer.resblocks[0]
+    torch.testing.assert_close(
+        block_forward(blk, t, model.attn_mask),
+        blk(t, attn_mask=model.attn_mask),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_text_module_matches_encode_text(tiny_clip):
+    from clips4rt import tokenize
+
+    model = tiny_clip[0]
+    tokens = tokenize(["a photo of a cat.", "", "sky " * 50])
+    ours = CLIPText(model)(torch.from_numpy(tokens))
+    ref = model.encode_text(torch.from_numpy(tokens).long(), normalize=True)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_native_size_tokens_match_open_clip(tiny_clip):
+    """At the native size, the interpolated positional embedding is the original
+    one: every block but the last gives open_clip's own tokens."""
+    model, _, mean, std = tiny_clip
+    dense = DenseCLIPImage(model.visual, "maskclip", mean, std)
+    v = model.visual
+    x = torch.randn(2, 3, *v.image_size)
+    ref = v.transformer(v._embeds(x))
+    ours = v._embeds(x)
+    torch.testing.assert_close(dense._pos_embed(*v.grid_size), v.positional_embedding)
+    for blk in v.transformer.resblocks:
+        ours = block_forward(blk, ours)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", DENSE_MODES)
+def test_parity_torch_vs_onnxruntime(bundles, tiny_clip, mode):
+    """The export's own check passed, and an independent run at two other sizes agrees."""
+    import onnxruntime as ort
+
+    errs = bundles[mode + ".errs"]
+    assert set(errs) == {"image@56x72", "image@32x32", "text"}
+    assert all(0 <= e <= 1e-3 for e in errs.values()), errs
+    model, _, mean, std = tiny_clip
+    dense = DenseCLIPImage(model.visual, mode, mean, std).eval()
+    sess = ort.InferenceSession(str(bundles[mode]), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(7)
+    for h, w in [(40, 24), (96, 128)]:
+        img = torch.randint(0, 256, (3, h, w, 3), dtype=torch.uint8, generator=g)
+        with torch.no_grad():
+            ref = dense(img).numpy()
+        out = sess.run(None, {"image": img.numpy()})[0]
+        assert out.shape == (3, 32, h // 8, w // 8) and out.dtype == np.float32
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_modes_differ(bundles):
+    """The three dense modes are really different graphs (not one mode thrice)."""
+    import onnxruntime as ort
+
+    img = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    outs = [ort.InferenceSession(str(bundles[m])).run(None, {"image": img})[0] for m in DENSE_MODES]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.abs(outs[i] - outs[j]).max() > 1e-3
+
+
+def test_metadata_written(bundles):
+    model = onnx.load(str(bundles["sclip"]))
+    props = {p.key: p.value for p in model.metadata_props}
+    info = B.BundleInfo.from_metadata(props)
+    assert info.kind == "sclip" and info.embed_dim == 32 and info.stride == 8
+    assert info.text_model == "sclip.text.onnx"
+    assert info.text_model_sha256 == B.sha256_file(bundles["sclip"].with_name("sclip.text.onnx"))
+    assert info.provenance["teacher"] == "tiny-vit" and info.format_version == B.FORMAT_VERSION
+
+
+def test_fp16_export(tmp_path, tiny_clip):
+    from train.export import export_dense_clip
+
+    model, name, mean, std = tiny_clip
+    info, errs = export_dense_clip(
+        model, name, None, mean, std, "clearclip", tmp_path / "h.onnx", fp16=True
+    )
+    assert info.precision == "fp16"
+    assert all(e <= 2e-2 for e in errs.values()), errs
+    init = onnx.load(str(tmp_path / "h.onnx")).graph.initializer
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in init)
+
+
+def test_export_refuses_a_broken_graph(tmp_path, tiny_clip, monkeypatch):
+    """The parity check can fail: a graph that differs from torch is refused."""
+    from train import export
+
+    model, name, mean, std = tiny_clip
+    real = export._onnx_export
+
+    def sabotage(module, example, path, names, axes):
+        if names[0] == "image":
+            module = DenseCLIPImage(model.visual, "clearclip", mean, std)  # not maskclip
+        real(module, example, path, names, axes)
+
+    monkeypatch.setattr(export, "_onnx_export", sabotage)
+    with pytest.raises(RuntimeError, match="disagree"):
+        export.export_dense_clip(model, name, None, mean, std, "maskclip", tmp_path / "x.onnx")
+
+
+def test_cli_errors(tmp_path, tiny_config, capsys):
+    from train.export import main
+
+    out = str(tmp_path / "m.onnx")
+    assert main(["--model-config", str(tiny_config), "--dense", "nope", "-o", out]) == 2
+    assert "unknown --dense 'nope'" in capsys.readouterr().err
+    assert main(["--clip", "ViT-Nope-99", "-o", out]) == 1
+    assert "unknown open_clip model 'ViT-Nope-99'" in capsys.readouterr().err
+    assert main(["--model-config", str(tmp_path / "missing.json"), "-o", out]) == 1
+    assert "model config not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"embed_dim": 8}')
+    assert main(["--model-config", str(bad), "-o", out]) == 1
+    assert "needs keys" in capsys.readouterr().err
+    assert (
+        main(
+            ["--model-config", str(tiny_config), "--pretrained", str(tmp_path / "no.pt"), "-o", out]
+        )
+        == 1
+    )
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_cli_export_end_to_end(tmp_path, tiny_config, capsys):
+    from train.export import main
+
+    out = tmp_path / "cli.onnx"
+    assert (
+        main(
+            [
+                "--model-config",
+                str(tiny_config),
+                "--dense",
+                "sclip",
+                "-o",
+                str(out),
+                "--input-size",
+                "48",
+                "--background",
+                "sky, ground",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "parity image@56x72: relative error" in text and out.is_file()
+    info = B.BundleInfo.from_metadata({p.key: p.value for p in onnx.load(str(out)).metadata_props})
+    assert info.input_size == 48 and info.background_classes == ("sky", "ground")
+
+
+def test_unsupported_tower_is_refused(tiny_clip):
+    model, _, mean, std = tiny_clip
+    with pytest.raises(ValueError, match="unknown dense mode"):
+        DenseCLIPImage(model.visual, "naclip!", mean, std)
+    with pytest.raises(ValueError, match="not an open_clip VisionTransformer"):
+        DenseCLIPImage(torch.nn.Linear(2, 2), "maskclip", mean, std)

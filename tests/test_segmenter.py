@@ -1,0 +1,235 @@
+"""Segmenter end to end on tiny bundles and image files of every supported mode."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import clips4rt
+from clips4rt.images import load_image
+
+CLASSES = ["cat", "dog", "sky", "grass"]
+
+
+@pytest.fixture(scope="module")
+def seg(bundles):
+    return clips4rt.Segmenter(bundles["maskclip"])
+
+
+def _rgb(rng, h=45, w=70):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_run_shapes_and_ranges(seg, rng):
+    img = _rgb(rng)
+    r = seg.run(img, CLASSES, threshold=0)
+    assert r.labels.shape == (45, 70) and r.labels.dtype == np.int32
+    assert r.scores.shape == (45, 70) and r.scores.dtype == np.float32
+    assert ((r.labels >= 0) & (r.labels < 4)).all()
+    assert (r.scores >= 1 / 4 - 1e-6).all() and (r.scores <= 1 + 1e-6).all()
+    assert r.classes == CLASSES
+    np.testing.assert_array_equal(r.mask("sky"), r.labels == 2)
+    with pytest.raises(KeyError, match="not one of the classes"):
+        r.mask("tree")
+
+
+def test_labels_match_a_torch_pipeline(bundles, tiny_clip, rng):
+    """What the runtime returns equals the same computation done in torch."""
+    torch = pytest.importorskip("torch")
+    from train.models.dense_clip import CLIPText, DenseCLIPImage
+
+    model, _, mean, std = tiny_clip
+    seg = clips4rt.Segmenter(bundles["sclip"])
+    img = _rgb(rng, 50, 61)
+    r = seg.run(img, CLASSES, threshold=0)
+    hh, ww = seg.working_size(50, 61)
+    resized = np.array(Image.fromarray(img).resize((ww, hh), Image.BILINEAR))
+    with torch.no_grad():
+        z = DenseCLIPImage(model.visual, "sclip", mean, std)(torch.from_numpy(resized[None]))
+        prompts = [t.format(c) for c in CLASSES for t in seg.info.prompt_templates]
+        t = CLIPText(model)(torch.from_numpy(clips4rt.tokenize(prompts)))
+    t = t.reshape(len(CLASSES), -1, t.shape[-1]).mean(1)
+    t = torch.nn.functional.normalize(t, dim=-1).double()
+    cos = torch.einsum("kd,dhw->khw", t, z[0].double())
+    up = torch.nn.functional.interpolate(cos[None], size=(50, 61), mode="bilinear")[0]
+    ref = up.argmax(0).numpy()
+    top2 = up.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]).numpy() > 1e-4  # away from float32 near-ties
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(r.labels[clear], ref[clear])
+    np.testing.assert_allclose(r.similarity, up.max(0).values.numpy(), atol=1e-4)
+
+
+def test_background_threshold_and_classes(seg, rng):
+    img = _rgb(rng)
+    base = seg.run(img, CLASSES, threshold=0)
+    assert (base.labels >= 0).all()
+    r = seg.run(img, CLASSES, threshold=0.5)
+    np.testing.assert_array_equal(r.labels == -1, base.scores < 0.5)
+    assert (r.labels == -1).any() or (base.scores >= 0.5).all()
+    # background names: pixels they win become -1; the rest keep their class
+    bg = seg.run(img, CLASSES[:2], background=CLASSES[2:], threshold=0)
+    np.testing.assert_array_equal(bg.labels, np.where(base.labels >= 2, -1, base.labels))
+    # a name asked for as a class is a class, even if listed as background
+    both = seg.run(img, CLASSES, background=["sky"], threshold=0)
+    np.testing.assert_array_equal(both.labels, base.labels)
+    with pytest.raises(ValueError, match="probability"):
+        seg.run(img, CLASSES, threshold=1.5)
+
+
+def test_text_embeddings_are_cached(bundles, rng):
+    seg = clips4rt.Segmenter(bundles["clearclip"])
+    calls = []
+    real = seg._text.run
+
+    class Spy:
+        def run(self, *a, **k):
+            calls.append(1)
+            return real(*a, **k)
+
+    seg._text = Spy()
+    img = _rgb(rng)
+    first = seg.run(img, CLASSES)
+    n = len(calls)
+    assert n >= 1
+    again = seg.run(img, list(reversed(CLASSES)))
+    assert len(calls) == n  # same prompts: the text graph does not run again
+    np.testing.assert_array_equal(again.labels, np.where(first.labels >= 0, 3 - first.labels, -1))
+    seg.run(img, CLASSES + ["tree"])
+    assert len(calls) == n + 1  # only the new class is embedded
+    seg.run(img, CLASSES, templates=["a {}"])
+    assert len(calls) == n + 2  # other templates, other prototypes
+
+
+def test_run_batch_equals_single_runs(seg, rng):
+    imgs = [_rgb(rng, 40, 60), _rgb(rng, 40, 60), _rgb(rng, 64, 32)]
+    batch = seg.run_batch(imgs, CLASSES)
+    for img, r in zip(imgs, batch):
+        single = seg.run(img, CLASSES)
+        np.testing.assert_array_equal(r.labels, single.labels)
+        np.testing.assert_allclose(r.scores, single.scores, atol=1e-5)
+
+
+def test_overlay_has_legend(seg, rng):
+    r = seg.run(_rgb(rng), CLASSES)
+    ov = r.overlay()
+    assert ov.size == (70, 45) and ov.mode == "RGB"
+    assert not np.array_equal(np.asarray(ov), r.image)
+
+
+def _save_modes(tmp_path, rng):
+    rgb = _rgb(rng, 48, 64)
+    base = Image.fromarray(rgb)
+    files = {
+        "rgb.png": base,
+        "rgb.jpg": base,
+        "gray.png": base.convert("L"),
+        "bw.png": base.convert("1"),
+        "palette.png": base.convert("P"),
+        "rgba.png": base.convert("RGBA"),
+        "la.png": base.convert("LA"),
+        "cmyk.jpg": base.convert("CMYK"),
+        "gray16.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        "rgb.webp": base,
+        "rgb.bmp": base,
+    }
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    return list(files)
+
+
+def test_every_supported_file_mode(seg, tmp_path, rng):
+    for name in _save_modes(tmp_path, rng):
+        arr = load_image(tmp_path / name)
+        assert arr.shape == (48, 64, 3) and arr.dtype == np.uint8, name
+        r = seg.run(str(tmp_path / name), CLASSES)
+        assert r.labels.shape == (48, 64), name
+
+
+def test_image_conversions_keep_content(tmp_path):
+    g = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(load_image(g)[..., 1], g)
+    Image.fromarray(g.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "g16.png")[..., 0], g)
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:2, :, 3] = 255  # top opaque red, bottom transparent -> white
+    out = load_image(Image.fromarray(rgba, "RGBA"))
+    np.testing.assert_array_equal(out[0, 0], [200, 0, 0])
+    np.testing.assert_array_equal(out[3, 0], [255, 255, 255])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    assert load_image(tmp_path / "rot.jpg").shape == (40, 20, 3)
+
+
+def test_working_size(seg):
+    s = seg.info.stride
+    h, w = seg.working_size(45, 70)
+    assert h % s == 0 and w % s == 0 and min(h, w) == seg.info.input_size
+    h, w = seg.working_size(10, 5000)
+    assert w <= 4 * seg.info.input_size
+
+
+def test_providers(bundles):
+    assert clips4rt.Segmenter(bundles["maskclip"]).providers[-1] == "CPUExecutionProvider"
+    seg = clips4rt.Segmenter(bundles["maskclip"], providers=["CPUExecutionProvider"], threads=1)
+    assert seg.providers == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="not available"):
+        clips4rt.Segmenter(bundles["maskclip"], providers=["NoSuchExecutionProvider"])
+
+
+def test_cli_segment_and_info(bundles, tmp_path, rng, capsys):
+    from clips4rt.cli import main
+
+    Image.fromarray(_rgb(rng)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "a.png"),
+            "--model",
+            str(bundles["maskclip"]),
+            "--classes",
+            "cat, dog,sky",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    labels = np.asarray(Image.open(out / "a_labels.png"))
+    assert labels.shape == (45, 70) and labels.max() < 3
+    assert Image.open(out / "a_overlay.png").size == (70, 45)
+    assert "a.png:" in capsys.readouterr().out
+    assert main(["info", str(bundles["maskclip"])]) == 0
+    assert '"kind": "maskclip"' in capsys.readouterr().out
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "missing.png"),
+            "--model",
+            str(bundles["maskclip"]),
+            "--classes",
+            "cat",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 1 and "image file not found" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "a.png"),
+                "--model",
+                str(bundles["maskclip"]),
+                "--classes",
+                " , ",
+            ]
+        )
+        == 2
+    )
+    assert "--classes is empty" in capsys.readouterr().err

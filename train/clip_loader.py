@@ -1,0 +1,78 @@
+"""Load an open_clip CLIP: by model name + pretrained tag/path, or from a model config JSON.
+
+Both ways go through ``open_clip.create_model`` so real weights (``--clip ViT-B-16
+--pretrained openai``), a local checkpoint (``--pretrained /path/ckpt.pt``) and the
+tiny configs of the tests and the toy world share one code path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_clip(
+    name: str | None = None,
+    pretrained: str | None = None,
+    model_config: str | Path | None = None,
+    device: str | torch.device = "cpu",
+):
+    """Create an open_clip model in eval mode.
+
+    Args:
+        name: open_clip model name (``open_clip.list_models()``), e.g. "ViT-B-16".
+        pretrained: a pretrained tag of that model ("openai", "laion2b_s34b_b88k")
+            or a local checkpoint path; None = random weights.
+        model_config: an open_clip-style model config JSON file (keys
+            ``embed_dim``, ``vision_cfg``, ``text_cfg``); its file stem becomes
+            the model name. Exclusive with ``name``.
+
+    Returns:
+        (model, name, mean, std): the model, the resolved name, and its
+        preprocessing mean/std (0-1 RGB scale).
+    """
+    import open_clip
+
+    if (name is None) == (model_config is None):
+        raise ValueError("give exactly one of --clip NAME or --model-config FILE.json")
+    if model_config is not None:
+        path = Path(model_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"model config not found: {path}")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        missing = {"embed_dim", "vision_cfg", "text_cfg"} - set(cfg)
+        if missing:
+            raise ValueError(f"{path}: an open_clip model config needs keys {sorted(missing)}")
+        open_clip.add_model_config(path)
+        name = path.stem
+    elif name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower() in m.lower()][:10]
+        raise ValueError(
+            f"unknown open_clip model {name!r}. Similar: {close or 'none'}; "
+            "see open_clip.list_models()"
+        )
+    if pretrained is not None and Path(pretrained).suffix in (
+        ".pt",
+        ".pth",
+        ".bin",
+        ".safetensors",
+    ):
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+    except RuntimeError as e:
+        raise ValueError(f"cannot create {name!r} with pretrained={pretrained!r}: {e}") from e
+    model.eval()
+    pre = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = tuple(float(v) for v in pre.get("mean", OPENAI_MEAN))
+    std = tuple(float(v) for v in pre.get("std", OPENAI_STD))
+    return model, name, mean, std

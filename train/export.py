@@ -1,0 +1,259 @@
+"""Export a clips4rt bundle: image graph + text graph + metadata (DESIGN.md).
+
+    python -m train.export --clip ViT-B-16 --pretrained openai --dense sclip -o model.onnx
+    python -m train.export --model-config tiny.json --dense maskclip -o model.onnx
+
+After writing, both graphs run in onnxruntime against the torch modules on
+random inputs at two image sizes; the export fails if the relative error
+||ort - torch|| / ||torch|| exceeds 1e-3 (fp32) or 2e-2 (``--fp16``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from clips4rt import bundle as B
+from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+from clips4rt.tokenizer import tokenize
+
+OPSET = 17
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
+TEMPLATE_SETS = {"imagenet": IMAGENET_TEMPLATES, "simple": SIMPLE_TEMPLATES}
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, names, axes) -> None:
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel does not export
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,  # TorchScript exporter: dynamic H/W through traced shapes
+        )
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def verify(image_path, text_path, image_ref, text_ref, stride, sizes, seed=0) -> dict:
+    """Run the ONNX graphs and the torch reference modules on random inputs.
+
+    Returns {"image@HxW": rel_err, ..., "text": rel_err}."""
+    import onnxruntime as ort
+
+    g = torch.Generator().manual_seed(seed)
+    opts = ort.SessionOptions()
+    img_sess = ort.InferenceSession(str(image_path), opts, providers=["CPUExecutionProvider"])
+    txt_sess = ort.InferenceSession(str(text_path), opts, providers=["CPUExecutionProvider"])
+    errs = {}
+    for h, w in sizes:
+        x = torch.randint(0, 256, (2, h * stride, w * stride, 3), generator=g, dtype=torch.uint8)
+        with torch.no_grad():
+            ref = image_ref(x).numpy()
+        out = img_sess.run(None, {B.IMAGE_INPUT: x.numpy()})[0]
+        if out.shape != ref.shape:
+            raise RuntimeError(f"image graph gave shape {out.shape}, torch {ref.shape}")
+        errs[f"image@{h * stride}x{w * stride}"] = _rel_err(out, ref)
+    tokens = tokenize(["a photo of a cat.", "sky", "", "a very long caption " * 20])
+    with torch.no_grad():
+        ref = text_ref(torch.from_numpy(tokens)).numpy()
+    errs["text"] = _rel_err(txt_sess.run(None, {B.TEXT_INPUT: tokens})[0], ref)
+    return errs
+
+
+def export_bundle(
+    image_module: nn.Module,
+    text_module: nn.Module,
+    out: str | Path,
+    info: dict,
+    fp16: bool = False,
+    verify_sizes=((7, 9), (4, 4)),
+) -> tuple[B.BundleInfo, dict]:
+    """Write ``out`` (image graph + metadata) and ``<stem>.text.onnx``; verify them.
+
+    Args:
+        image_module: uint8 (B, H, W, 3) -> (B, D, H/stride, W/stride) unit embeddings.
+        text_module: int32 (N, context_length) -> (N, D) unit embeddings.
+        info: BundleInfo fields except text_model, text_model_sha256, precision.
+        fp16: cast both modules to float16 (GPU deployment).
+        verify_sizes: (h, w) token grids the parity check runs at.
+
+    Returns:
+        (BundleInfo written, relative errors per check). Raises RuntimeError if
+        an error exceeds the tolerance.
+    """
+    import onnx
+
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ValueError(f"output must end in .onnx, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text_path = out.with_name(out.stem + ".text.onnx")
+    image_ref, text_ref = image_module.eval().float(), text_module.eval().float()
+    precision = "fp16" if fp16 else "fp32"
+    if fp16:
+        import copy
+
+        image_module = copy.deepcopy(image_module).half()
+        image_module.mean.data, image_module.std.data = image_ref.mean, image_ref.std
+        text_module = copy.deepcopy(text_module).half()
+    stride, ctx = info["stride"], info.get("context_length", 77)
+    ex_img = torch.zeros(1, 2 * stride, 3 * stride, 3, dtype=torch.uint8)
+    ex_txt = torch.from_numpy(tokenize(["a photo of a cat."], ctx))
+    _onnx_export(
+        image_module,
+        ex_img,
+        out,
+        (B.IMAGE_INPUT, B.IMAGE_OUTPUT),
+        {
+            B.IMAGE_INPUT: {0: "batch", 1: "height", 2: "width"},
+            B.IMAGE_OUTPUT: {0: "batch", 2: "h", 3: "w"},
+        },
+    )
+    _onnx_export(
+        text_module,
+        ex_txt,
+        text_path,
+        (B.TEXT_INPUT, B.TEXT_OUTPUT),
+        {B.TEXT_INPUT: {0: "n"}, B.TEXT_OUTPUT: {0: "n"}},
+    )
+    bundle = B.BundleInfo(
+        **info,
+        text_model=text_path.name,
+        text_model_sha256=B.sha256_file(text_path),
+        precision=precision,
+    )
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    for k, v in bundle.to_metadata().items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(out))
+    errs = verify(out, text_path, image_ref, text_ref, stride, verify_sizes)
+    bad = {k: v for k, v in errs.items() if not v <= TOLERANCE[precision]}
+    if bad:
+        raise RuntimeError(
+            f"ONNX graphs disagree with torch beyond {TOLERANCE[precision]:g} (relative): {bad}. "
+            f"The files in {out.parent} are not usable."
+        )
+    return bundle, errs
+
+
+def export_dense_clip(
+    model,
+    name,
+    pretrained,
+    mean,
+    std,
+    mode,
+    out,
+    *,
+    input_size=None,
+    fp16=False,
+    templates="imagenet",
+    threshold=0.0,
+    background=(),
+):
+    """Export an open_clip CLIP as a training-free dense bundle (kind = ``mode``)."""
+    from train.models.dense_clip import CLIPText, DenseCLIPImage
+
+    image = DenseCLIPImage(model.visual, mode, mean, std)
+    text = CLIPText(model)
+    native = max(model.visual.image_size)
+    info = dict(
+        kind=mode,
+        embed_dim=int(model.visual.output_dim),
+        stride=image.stride,
+        input_size=int(input_size or 2 * native),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        mean=tuple(mean),
+        std=tuple(std),
+        context_length=int(model.context_length),
+        prompt_templates=tuple(TEMPLATE_SETS[templates]),
+        background_threshold=float(threshold),
+        background_classes=tuple(background),
+        provenance={"teacher": name, "pretrained": pretrained, "dense": mode},
+    )
+    if info["input_size"] < image.stride:
+        raise ValueError(f"--input-size must be at least the patch size {image.stride}")
+    return export_bundle(image, text, out, info, fp16=fp16)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--clip", help="open_clip model name, e.g. ViT-B-16")
+    src.add_argument("--model-config", help="open_clip-style model config JSON")
+    p.add_argument("--pretrained", help="pretrained tag (e.g. openai) or checkpoint path")
+    p.add_argument("--dense", default="maskclip", help="maskclip | clearclip | sclip")
+    p.add_argument("-o", "--out", required=True, help="output image graph, e.g. model.onnx")
+    p.add_argument("--input-size", type=int, help="default short side (default 2x native)")
+    p.add_argument("--templates", default="imagenet", choices=sorted(TEMPLATE_SETS))
+    p.add_argument("--threshold", type=float, default=0.0, help="background probability rule")
+    p.add_argument("--background", default="", help="comma-separated background class names")
+    p.add_argument("--fp16", action="store_true", help="float16 weights (GPU deployment)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.clip_loader import load_clip
+    from train.models.dense_clip import DENSE_MODES
+
+    args = _parser().parse_args(argv)
+    if args.dense not in DENSE_MODES:
+        print(
+            f"error: unknown --dense {args.dense!r}; choose one of {DENSE_MODES}", file=sys.stderr
+        )
+        return 2
+    try:
+        model, name, mean, std = load_clip(args.clip, args.pretrained, args.model_config)
+        background = tuple(c.strip() for c in args.background.split(",") if c.strip())
+        info, errs = export_dense_clip(
+            model,
+            name,
+            args.pretrained,
+            mean,
+            std,
+            args.dense,
+            args.out,
+            input_size=args.input_size,
+            fp16=args.fp16,
+            templates=args.templates,
+            threshold=args.threshold,
+            background=background,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for k, v in errs.items():
+        print(f"parity {k}: relative error {v:.2e} (tolerance {TOLERANCE[info.precision]:g})")
+    print(
+        f"wrote {args.out} and {info.text_model} ({info.kind}, D={info.embed_dim}, "
+        f"stride {info.stride}, input size {info.input_size})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
