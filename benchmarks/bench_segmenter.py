@@ -42,8 +42,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         t0 = time.perf_counter()
-        export_dense_clip(model, name, None, mean, std, "maskclip", path,
-                          input_size=args.size, templates="simple")  # fmt: skip
+        export_dense_clip(
+            model, name, None, mean, std, "maskclip", path, input_size=args.size, templates="simple"
+        )
         print(f"export + parity check: {time.perf_counter() - t0:.1f} s")
         seg = clips4rt.Segmenter(path)
         dense = DenseCLIPImage(model.visual, "maskclip", mean, std).eval()
@@ -61,8 +62,10 @@ def main() -> None:
                     fn()
                     times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{name} maskclip, {args.size}x{args.size}, {len(CLASSES)} classes, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")  # fmt: skip
+    print(
+        f"{name} maskclip, {args.size}x{args.size}, {len(CLASSES)} classes, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    )
     for k, v in med.items():
         print(
             f"  {k:10s} median {v * 1000:8.1f} ms  (runs: "

@@ -74,9 +74,24 @@ if HAVE_TRITON:
         return s, v
 
     @triton.jit
-    def _fwd_kernel(Z, V, POS, LOSS, LSE, LSEP, N, M, D, scale,
-                    NPOS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-                    UPCAST: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    def _fwd_kernel(
+        Z,
+        V,
+        POS,
+        LOSS,
+        LSE,
+        LSEP,
+        N,
+        M,
+        D,
+        scale,
+        NPOS: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         rd = tl.arange(0, BD)
         mn, md = rn < N, rd < D
@@ -107,9 +122,26 @@ if HAVE_TRITON:
         tl.store(LSEP + rn, tl.where(valid, lsep, 0.0), mask=mn)
 
     @triton.jit
-    def _bwd_dz_kernel(Z, V, POS, G, LSE, LSEP, DZ, DV, N, M, D, scale,
-                       NPOS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                       BD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    def _bwd_dz_kernel(
+        Z,
+        V,
+        POS,
+        G,
+        LSE,
+        LSEP,
+        DZ,
+        DV,
+        N,
+        M,
+        D,
+        scale,
+        NPOS: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         rd = tl.arange(0, BD)
         mn, md = rn < N, rd < D
@@ -142,24 +174,49 @@ if HAVE_TRITON:
             s, vj = _pos_logit(z32, V, idx, ok, rd, md, D, scale)
             w = tl.where(ok, tl.exp(s - lsep), 0.0)
             acc -= w[:, None] * vj
-            tl.atomic_add(DV + idx[:, None] * D + rd[None, :], -(g * w)[:, None] * z32,
-                          mask=ok[:, None] & md[None, :])  # fmt: skip
+            tl.atomic_add(
+                DV + idx[:, None] * D + rd[None, :],
+                -(g * w)[:, None] * z32,
+                mask=ok[:, None] & md[None, :],
+            )
         dz = g[:, None] * acc
-        tl.store(DZ + rn[:, None] * D + rd[None, :], dz.to(DZ.dtype.element_ty),
-                 mask=mn[:, None] & md[None, :])  # fmt: skip
+        tl.store(
+            DZ + rn[:, None] * D + rd[None, :],
+            dz.to(DZ.dtype.element_ty),
+            mask=mn[:, None] & md[None, :],
+        )
 
     @triton.jit
-    def _bwd_dv_kernel(Z, V, POS, G, LSE, DV, N, M, D, scale,
-                       NPOS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                       BD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    def _bwd_dv_kernel(
+        Z,
+        V,
+        POS,
+        G,
+        LSE,
+        DV,
+        N,
+        M,
+        D,
+        scale,
+        CHUNK,
+        NPOS: tl.constexpr,
+        BN: tl.constexpr,
+        BM: tl.constexpr,
+        BD: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        # program (i, j): segments [i*BM, (i+1)*BM) x pixels [j*CHUNK, (j+1)*CHUNK)
         rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        n_lo = tl.program_id(1) * CHUNK
+        n_hi = tl.minimum(n_lo + CHUNK, N)
         rd = tl.arange(0, BD)
         mm, md = rm < M, rd < D
         v = tl.load(V + rm[:, None] * D + rd[None, :], mask=mm[:, None] & md[None, :], other=0.0)
         acc = tl.zeros((BM, BD), tl.float32)
-        for start in range(0, N, BN):
+        for start in range(n_lo, n_hi, BN):
             rn = start + tl.arange(0, BN)
-            mn = rn < N
+            mn = rn < n_hi
             z = tl.load(
                 Z + rn[:, None] * D + rd[None, :], mask=mn[:, None] & md[None, :], other=0.0
             )
@@ -176,28 +233,41 @@ if HAVE_TRITON:
             else:
                 acc += tl.dot(p.to(z.dtype), z, input_precision=PREC)
         # positives' share was (or will be) subtracted atomically by the dz kernel
-        tl.atomic_add(DV + rm[:, None] * D + rd[None, :], acc * scale,
-                      mask=mm[:, None] & md[None, :])  # fmt: skip
+        tl.atomic_add(
+            DV + rm[:, None] * D + rd[None, :], acc * scale, mask=mm[:, None] & md[None, :]
+        )
 
 
-def _blocks(D: int) -> tuple[int, int, int, int]:
-    """(BN, BM, BD, num_warps) by embedding width: the Z and V tiles stay in registers."""
+def _blocks(D: int) -> tuple[int, int, int, int, int]:
+    """(BN, BM, BD, num_warps, num_stages) by embedding width. Whole rows of Z and V
+    are tiles; fewer pipeline stages for wide rows keep shared memory under the
+    H200's 227 KiB (D = 1024 fp32 with 3 stages asked for 320 KiB)."""
     BD = max(16, triton.next_power_of_2(D))
     if BD <= 64:
-        return 64, 64, BD, 4
+        return 64, 64, BD, 4, 3
     if BD <= 128:
-        return 64, 64, BD, 8
+        return 64, 64, BD, 8, 3
     if BD <= 256:
-        return 32, 64, BD, 8
+        return 32, 64, BD, 8, 2
     if BD <= 512:
-        return 32, 32, BD, 8
-    return 16, 32, BD, 8
+        return 32, 32, BD, 8, 1
+    return 16, 16, BD, 8, 1
+
+
+def _dv_split(N: int, M: int, BN: int, BM: int) -> tuple[int, int]:
+    """(programs along N, pixels per program) so that the dV grid has ~1024 programs:
+    one program per segment block alone gives M / BM (128 at M = 8192) on 132 SMs."""
+    split = max(1, min(triton.cdiv(N, BN), triton.cdiv(1024, triton.cdiv(M, BM))))
+    chunk = triton.cdiv(triton.cdiv(N, split), BN) * BN
+    return triton.cdiv(N, chunk), chunk
 
 
 # float32 dots: "ieee" (CUDA cores) or "tf32x3" (three tensor-core passes, ~float32
 # accuracy). Plain tf32 would put ~1e-3 relative error on logits that the
 # concentration (~10-16) then amplifies.
-FP32_DOT_PRECISION = "ieee"
+# Measured on an H200 (BENCHMARKS.md): "ieee" ran 24x slower than "tf32x3" at equal
+# accuracy (1.6e-6 relative on dZ/dV), so tf32x3 is the default.
+FP32_DOT_PRECISION = "tf32x3"
 
 
 def _precision(dtype: torch.dtype) -> tuple[bool, str]:
@@ -212,30 +282,57 @@ class _ContrastiveFn(torch.autograd.Function):
     def forward(ctx, z, v, pos, scale, config):
         z, v, pos = z.contiguous(), v.contiguous(), pos.to(torch.int32).contiguous()
         (N, D), M = z.shape, v.shape[0]
-        BN, BM, BD, warps = config or _blocks(D)
+        BN, BM, BD, warps, stages = config or _blocks(D)
         upcast, prec = _precision(z.dtype)
         loss = torch.empty(N, device=z.device, dtype=torch.float32)
         lse, lsep = torch.empty_like(loss), torch.empty_like(loss)
         _fwd_kernel[(triton.cdiv(N, BN),)](
-            z, v, pos, loss, lse, lsep, N, M, D, float(scale), NPOS=pos.shape[1],
-            BN=BN, BM=BM, BD=BD, UPCAST=upcast, PREC=prec, num_warps=warps,
-        )  # fmt: skip
+            z,
+            v,
+            pos,
+            loss,
+            lse,
+            lsep,
+            N,
+            M,
+            D,
+            float(scale),
+            NPOS=pos.shape[1],
+            BN=BN,
+            BM=BM,
+            BD=BD,
+            UPCAST=upcast,
+            PREC=prec,
+            num_warps=warps,
+            num_stages=stages,
+        )
         ctx.save_for_backward(z, v, pos, lse, lsep)
-        ctx.scale, ctx.config = float(scale), (BN, BM, BD, warps)
+        ctx.scale, ctx.config = float(scale), (BN, BM, BD, warps, stages)
         return loss
 
     @staticmethod
     def backward(ctx, g):
         z, v, pos, lse, lsep = ctx.saved_tensors
         (N, D), M = z.shape, v.shape[0]
-        BN, BM, BD, warps = ctx.config
+        BN, BM, BD, warps, stages = ctx.config
         upcast, prec = _precision(z.dtype)
         g = g.float().contiguous()
         dz = torch.empty_like(z)
         dv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
-        common = dict(NPOS=pos.shape[1], BN=BN, BM=BM, BD=BD, UPCAST=upcast, PREC=prec,
-                      num_warps=warps)  # fmt: skip
-        _bwd_dv_kernel[(triton.cdiv(M, BM),)](z, v, pos, g, lse, dv, N, M, D, ctx.scale, **common)
+        common = dict(
+            NPOS=pos.shape[1],
+            BN=BN,
+            BM=BM,
+            BD=BD,
+            UPCAST=upcast,
+            PREC=prec,
+            num_warps=warps,
+            num_stages=stages,
+        )
+        split, chunk = _dv_split(N, M, BN, BM)
+        _bwd_dv_kernel[(triton.cdiv(M, BM), split)](
+            z, v, pos, g, lse, dv, N, M, D, ctx.scale, chunk, **common
+        )
         _bwd_dz_kernel[(triton.cdiv(N, BN),)](
             z, v, pos, g, lse, lsep, dz, dv, N, M, D, ctx.scale, **common
         )
@@ -245,15 +342,16 @@ class _ContrastiveFn(torch.autograd.Function):
 def contrastive_triton(z, v, pos, scale: float = 10.0, config=None) -> torch.Tensor:
     """Per-pixel losses (N,) float32 through the Triton kernels (CUDA, or the interpreter).
 
-    ``config`` = (BN, BM, BD, num_warps) overrides the tile sizes (benchmarks sweep it)."""
+    ``config`` = (BN, BM, BD, num_warps, num_stages) overrides the tiles (benchmarks sweep it)."""
     _check(z, v, pos)
     if not HAVE_TRITON:
         raise RuntimeError("triton is not installed: pip install triton (Linux)")
     return _ContrastiveFn.apply(z, v, pos, scale, config)
 
 
-def pixel_segment_contrastive(z, v, pos, scale: float = 10.0, reduction: str = "mean",
-                              backend: str | None = None) -> torch.Tensor:  # fmt: skip
+def pixel_segment_contrastive(
+    z, v, pos, scale: float = 10.0, reduction: str = "mean", backend: str | None = None
+) -> torch.Tensor:
     """Pixel-segment contrastive loss.
 
     Args:

@@ -65,9 +65,22 @@ if HAVE_TRITON:
         return m_new, best_i, l_i
 
     @triton.jit
-    def _match_kernel(Z, P, IDX, SCORE, PROB, HW, K, D, scale,
-                      BP: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
-                      UPCAST: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    def _match_kernel(
+        Z,
+        P,
+        IDX,
+        SCORE,
+        PROB,
+        HW,
+        K,
+        D,
+        scale,
+        BP: tl.constexpr,
+        BK: tl.constexpr,
+        BD: tl.constexpr,
+        UPCAST: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         b = tl.program_id(1)
         rp = tl.program_id(0) * BP + tl.arange(0, BP)
         mp = rp < HW
@@ -83,10 +96,12 @@ if HAVE_TRITON:
                 rd = d0 + tl.arange(0, BD)
                 md = rd < D
                 # Z[b, d, p] is contiguous along p: coalesced (BD, BP) loads
-                zt = tl.load(zb + rd[:, None] * HW + rp[None, :],
-                             mask=md[:, None] & mp[None, :], other=0.0)  # fmt: skip
-                pt = tl.load(P + rk[:, None] * D + rd[None, :],
-                             mask=mk[:, None] & md[None, :], other=0.0)  # fmt: skip
+                zt = tl.load(
+                    zb + rd[:, None] * HW + rp[None, :], mask=md[:, None] & mp[None, :], other=0.0
+                )
+                pt = tl.load(
+                    P + rk[:, None] * D + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0
+                )
                 if UPCAST:
                     zt = zt.to(tl.float32)
                     pt = pt.to(tl.float32)
@@ -101,8 +116,9 @@ if HAVE_TRITON:
         tl.store(PROB + out, 1.0 / l_i, mask=mp)
 
     @triton.jit
-    def _upsample_match_kernel(S, IDX, SCORE, PROB, K, h, w, H, W, sy, sx, scale,
-                               BP: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    def _upsample_match_kernel(
+        S, IDX, SCORE, PROB, K, h, w, H, W, sy, sx, scale, BP: tl.constexpr, BK: tl.constexpr
+    ):
         b = tl.program_id(1)
         rp = tl.program_id(0) * BP + tl.arange(0, BP)
         mp = rp < H * W
@@ -160,18 +176,49 @@ def match_triton(z, protos, logit_scale: float = 100.0, out_size=None, config=No
         upcast = INTERPRET and z.dtype != torch.float32
         prec = "ieee" if z.dtype == torch.float32 or upcast else "tf32"  # tf32: unused for bf16
         grid = (triton.cdiv(h * w, BP), B)
-        _match_kernel[grid](z, protos, idx, score, prob, h * w, K, D, float(logit_scale),
-                            BP=BP, BK=BK, BD=BD, UPCAST=upcast, PREC=prec, num_warps=warps)  # fmt: skip
+        _match_kernel[grid](
+            z,
+            protos,
+            idx,
+            score,
+            prob,
+            h * w,
+            K,
+            D,
+            float(logit_scale),
+            BP=BP,
+            BK=BK,
+            BD=BD,
+            UPCAST=upcast,
+            PREC=prec,
+            num_warps=warps,
+        )
     else:
         s = torch.einsum("kd,bdhw->bkhw", protos.float(), z.float()).contiguous()
         grid = (triton.cdiv(H * W, BP), B)
-        _upsample_match_kernel[grid](s, idx, score, prob, K, h, w, H, W, h / H, w / W,
-                                     float(logit_scale), BP=BP, BK=BK, num_warps=warps)  # fmt: skip
+        _upsample_match_kernel[grid](
+            s,
+            idx,
+            score,
+            prob,
+            K,
+            h,
+            w,
+            H,
+            W,
+            h / H,
+            w / W,
+            float(logit_scale),
+            BP=BP,
+            BK=BK,
+            num_warps=warps,
+        )
     return idx, score, prob
 
 
-def match_prototypes(z, protos, logit_scale: float = 100.0, out_size=None,
-                     backend: str | None = None):  # fmt: skip
+def match_prototypes(
+    z, protos, logit_scale: float = 100.0, out_size=None, backend: str | None = None
+):
     """Per-pixel (index, score, prob), each (B, H, W); Triton on CUDA, torch elsewhere.
 
     Args:
