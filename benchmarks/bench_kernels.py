@@ -88,7 +88,7 @@ def _bandwidth(torch, do_bench) -> float:
     return bw
 
 
-def _bench_contrastive(torch, do_bench, dtype, N=65536, M=8192, D=128) -> None:
+def _bench_contrastive(torch, do_bench, dtype, quick=False, N=65536, M=8192, D=128) -> None:
     from kernels import contrastive
     from kernels.contrastive import contrastive_reference, contrastive_triton
 
@@ -129,7 +129,7 @@ def _bench_contrastive(torch, do_bench, dtype, N=65536, M=8192, D=128) -> None:
         (64, 32, 128, 4, 3),
     ]
     variants = [(c, "tf32x3") for c in cfgs] if dtype == torch.float32 else [(c, "-") for c in cfgs]
-    if dtype == torch.float32:
+    if dtype == torch.float32 and not quick:
         variants += [(None, "tf32")]  # fast but inaccurate: shown for its error
     for cfg, prec in variants:
         contrastive.FP32_DOT_PRECISION = prec if prec != "-" else "tf32x3"
@@ -184,7 +184,7 @@ def _bench_matching(torch, do_bench, bw, B=8, D=512, h=128, w=128, K=21) -> None
     )
 
 
-def bench_gpu() -> None:
+def bench_gpu(quick: bool = False) -> None:
     import torch
     import triton
     from triton.testing import do_bench
@@ -196,7 +196,7 @@ def bench_gpu() -> None:
     bw = _bandwidth(torch, do_bench)
     _bench_matching(torch, do_bench, bw)
     for dtype in (torch.float32, torch.bfloat16):
-        _bench_contrastive(torch, do_bench, dtype)
+        _bench_contrastive(torch, do_bench, dtype, quick)
 
 
 def main() -> None:
@@ -204,13 +204,14 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="GPU: default tile configs only")
     args = ap.parse_args()
     if not (args.cpu or args.gpu):
         args.cpu = True
     if args.cpu:
         bench_cpu(args.repeats)
     if args.gpu:
-        bench_gpu()
+        bench_gpu(args.quick)
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ if HAVE_TRITON:
         )
 
 
-def _blocks(D: int) -> tuple[int, int, int, int, int]:
+def _blocks(D: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
     """(BN, BM, BD, num_warps, num_stages) by embedding width. Whole rows of Z and V
     are tiles; fewer pipeline stages for wide rows keep shared memory under the
     H200's 227 KiB (D = 1024 fp32 with 3 stages asked for 320 KiB)."""
@@ -246,7 +246,9 @@ def _blocks(D: int) -> tuple[int, int, int, int, int]:
     if BD <= 64:
         return 64, 64, BD, 4, 3
     if BD <= 128:
-        return 64, 64, BD, 8, 3
+        # H200, N=65536 M=8192 D=128 fwd+bwd: fp32 (tf32x3) 23.1 ms at (32, 64, 4 warps)
+        # vs 30.8 ms at (64, 64, 8 warps); bf16 2.39 ms at (64, 64, 4) vs 3.92 ms.
+        return (32 if dtype == torch.float32 else 64), 64, BD, 4, 3
     if BD <= 256:
         return 32, 64, BD, 8, 2
     if BD <= 512:
@@ -282,7 +284,7 @@ class _ContrastiveFn(torch.autograd.Function):
     def forward(ctx, z, v, pos, scale, config):
         z, v, pos = z.contiguous(), v.contiguous(), pos.to(torch.int32).contiguous()
         (N, D), M = z.shape, v.shape[0]
-        BN, BM, BD, warps, stages = config or _blocks(D)
+        BN, BM, BD, warps, stages = config or _blocks(D, z.dtype)
         upcast, prec = _precision(z.dtype)
         loss = torch.empty(N, device=z.device, dtype=torch.float32)
         lse, lsep = torch.empty_like(loss), torch.empty_like(loss)

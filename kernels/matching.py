@@ -155,10 +155,17 @@ if HAVE_TRITON:
         tl.store(PROB + out, 1.0 / l_i, mask=mp)
 
 
-def match_triton(z, protos, logit_scale: float = 100.0, out_size=None, config=None):
+def match_triton(
+    z, protos, logit_scale: float = 100.0, out_size=None, config=None, method: str = "fused"
+):
     """Triton version of :func:`match_reference` (index is int32 here).
 
+    ``method`` (without out_size): "fused" = one kernel computes the scores tile by tile
+    and reduces them; "gemm" = torch matmul writes the (B, K, h, w) scores, then the
+    reduction kernel reads them. With out_size the scores always come from a matmul.
     ``config`` = (BP, num_warps) overrides the pixel tile (benchmarks sweep it)."""
+    if method not in ("fused", "gemm"):
+        raise ValueError(f"method must be 'fused' or 'gemm', got {method!r}")
     _check(z, protos, out_size)
     if not HAVE_TRITON:
         raise RuntimeError("triton is not installed: pip install triton (Linux)")
@@ -171,10 +178,12 @@ def match_triton(z, protos, logit_scale: float = 100.0, out_size=None, config=No
     prob = torch.empty_like(score)
     BK = min(64, max(16, triton.next_power_of_2(K)))
     BP, warps = config or (128, 4)
-    if out_size is None:
+    if out_size is None and method == "fused":
         BD = min(64, max(16, triton.next_power_of_2(D)))
         upcast = INTERPRET and z.dtype != torch.float32
-        prec = "ieee" if z.dtype == torch.float32 or upcast else "tf32"  # tf32: unused for bf16
+        # float32: tf32x3 (three tensor-core passes, ~float32 accuracy); "ieee" ran 24x
+        # slower in the contrastive kernels on an H200. The interpreter knows only ieee.
+        prec = "ieee" if INTERPRET else "tf32x3"
         grid = (triton.cdiv(h * w, BP), B)
         _match_kernel[grid](
             z,
@@ -193,7 +202,7 @@ def match_triton(z, protos, logit_scale: float = 100.0, out_size=None, config=No
             PREC=prec,
             num_warps=warps,
         )
-    else:
+    else:  # at H, W = h, w the resampling is the identity (weights 0 and 1 exactly)
         s = torch.einsum("kd,bdhw->bkhw", protos.float(), z.float()).contiguous()
         grid = (triton.cdiv(H * W, BP), B)
         _upsample_match_kernel[grid](

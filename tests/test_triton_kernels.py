@@ -140,12 +140,15 @@ MATCH_SHAPES = [(2, 64, 7, 9, 5, None), (1, 130, 5, 6, 21, (17, 23)), (2, 64, 8,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["fused", "gemm"])
 @pytest.mark.parametrize("B,D,h,w,K,out_size", MATCH_SHAPES)
-def test_matching(device, dtype, B, D, h, w, K, out_size):
+def test_matching(device, dtype, method, B, D, h, w, K, out_size):
+    if method == "gemm" and out_size is not None:
+        pytest.skip("with out_size the scores always come from a matmul")
     gen = torch.Generator().manual_seed(B + D + K)
     z = _unit(B, D, h, w, dim=1, device=device, dtype=dtype, gen=gen)
     p = _unit(K, D, dim=1, device=device, dtype=dtype, gen=gen)
-    idx, score, prob = match_triton(z, p, 50.0, out_size)
+    idx, score, prob = match_triton(z, p, 50.0, out_size, method=method)
     ridx, rscore, rprob = match_reference(z, p, 50.0, out_size)
     H, W = out_size or (h, w)
     assert idx.shape == score.shape == prob.shape == (B, H, W)
@@ -171,6 +174,8 @@ def test_match_dispatch_and_errors():
         match_prototypes(z, p[:, :8])
     with pytest.raises(ValueError, match="out_size"):
         match_prototypes(z, p, out_size=(0, 4))
+    with pytest.raises(ValueError, match="method"):
+        match_triton(z, p, method="magic")
 
 
 def test_import_without_gpu_or_interpreter():
