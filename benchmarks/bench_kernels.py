@@ -177,7 +177,8 @@ def _bench_matching(torch, do_bench, bw, B=8, D=512, h=128, w=128, K=21) -> None
         agree = (run()[0].long() == ridx).float().mean().item()
         t = do_bench(run, **MED) / 1e3
         print(
-            f"  triton {method:5s} BP={cfg[0]:3d} warps={cfg[1]}: {t * 1e3:.3f} ms = {t / floor:.2f}x "
+            f"  triton {method:5s} BP={cfg[0]:3d} warps={cfg[1]}: {t * 1e3:.3f} ms = "
+            f"{t / floor:.2f}x "
             f"floor (target <= 1.5), torch/triton {t_ref / t:.2f}, labels agree {agree:.5f}"
         )
     out = (4 * h, 4 * w)
