@@ -177,7 +177,9 @@ def match_triton(
     score = torch.empty((B, H, W), device=z.device, dtype=torch.float32)
     prob = torch.empty_like(score)
     BK = min(64, max(16, triton.next_power_of_2(K)))
-    BP, warps = config or (128, 4)
+    # H200, Z (8, 512, 128, 128) fp32, K = 21: (128, 8) 0.162 ms, (128, 4) 0.201 ms,
+    # (64, 8) 0.277 ms; the "gemm" method 0.43 ms (BENCHMARKS.md).
+    BP, warps = config or (128, 8)
     if out_size is None and method == "fused":
         BD = min(64, max(16, triton.next_power_of_2(D)))
         upcast = INTERPRET and z.dtype != torch.float32
