@@ -55,6 +55,42 @@ def _segment(args) -> int:
     return 1 if failed else 0
 
 
+def _demo(args) -> int:
+    from importlib import resources
+
+    from clips4rt.segmenter import Segmenter
+
+    root = resources.files("clips4rt") / "models"
+    model = Path(str(root / "toy.onnx"))
+    if not model.is_file():
+        raise FileNotFoundError(f"the embedded model {model} is missing: reinstall clips4rt")
+    classes = (
+        _split(args.classes) if args.classes else (root / "toy.classes.txt").read_text().split("\n")
+    )
+    classes = [c for c in classes if c.strip()]
+    image = args.image or str(resources.files("clips4rt") / "data" / "demo_scene.png")
+    seg = Segmenter(model, threads=args.threads)
+    r = seg.run(image, classes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "demo_overlay.png"
+    r.overlay(scale=max(1, 512 // max(r.labels.shape))).save(path)
+    total = r.labels.size
+    found = sorted(((int((r.labels == k).sum()), c) for k, c in enumerate(classes)), reverse=True)
+    print(
+        f"model: {model} ({seg.info.kind}, teacher {seg.info.provenance.get('teacher')}, "
+        f"weights {seg.info.provenance.get('pretrained')})"
+    )
+    print(f"image: {image}")
+    for n, c in found:
+        if n:
+            print(f"  {c:12s} {100 * n / total:5.1f}% of pixels")
+    if (r.labels < 0).any():
+        print(f"  {'(background)':12s} {100 * (r.labels < 0).sum() / total:5.1f}% of pixels")
+    print(f"overlay: {path}")
+    return 0
+
+
 def _info(args) -> int:
     from clips4rt.segmenter import Segmenter
 
@@ -77,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
     s.set_defaults(fn=_segment)
+    d = sub.add_parser("demo", help="segment a bundled toy scene with the embedded model")
+    d.add_argument("--out", default="clips4rt_demo", help="output folder")
+    d.add_argument("--image", help="another image to segment (default: the bundled scene)")
+    d.add_argument("--classes", help="comma-separated names (default: the toy world's 20)")
+    d.add_argument("--threads", type=int, help="CPU threads")
+    d.set_defaults(fn=_demo)
     i = sub.add_parser("info", help="print a bundle's metadata")
     i.add_argument("model", help="bundle image graph (model.onnx)")
     i.set_defaults(fn=_info)

@@ -45,11 +45,12 @@ class SegmentationResult:
             raise KeyError(f"{name!r} is not one of the classes {self.classes}")
         return self.labels == self.classes.index(name)
 
-    def overlay(self, alpha: float = 0.5) -> Image.Image:
-        """The image with class colours blended in and a legend (PIL RGB)."""
+    def overlay(self, alpha: float = 0.5, scale: int = 1) -> Image.Image:
+        """The image with class colours blended in and a legend (PIL RGB), enlarged
+        ``scale`` times (nearest)."""
         from clips4rt.visualize import overlay
 
-        return overlay(self.image, self.labels, self.classes, alpha)
+        return overlay(self.image, self.labels, self.classes, alpha, scale)
 
 
 def resolve_providers(providers: Sequence[str] | None) -> list[str]:
@@ -233,7 +234,10 @@ class Segmenter:
         threshold = self.info.background_threshold if threshold is None else float(threshold)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-        bg = self.info.background_classes if background is None else check_classes(background)
+        if background is None:
+            bg = list(self.info.background_classes)
+        else:  # an empty list switches the bundle's background classes off
+            bg = check_classes(background) if len(background) else []
         bg = [b for b in bg if b not in classes]
         protos = self.text_embeddings(classes + bg, templates)
         arrays = [load_image(im) for im in images]

@@ -33,9 +33,16 @@ def label_png(labels: np.ndarray, n_classes: int) -> Image.Image:
     return img
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, classes: list[str], alpha: float = 0.5):
+def overlay(
+    image: np.ndarray, labels: np.ndarray, classes: list[str], alpha: float = 0.5, scale: int = 1
+):
     """Blend class colours over an HxWx3 uint8 image and draw a legend of the
-    classes present (background pixels stay as they are). Returns a PIL RGB image."""
+    classes present (background pixels stay as they are). ``scale`` enlarges the
+    result by an integer factor (nearest) so a legend fits on small images.
+    Returns a PIL RGB image of (W * scale, H * scale)."""
+    if scale > 1:
+        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+        labels = labels.repeat(scale, axis=0).repeat(scale, axis=1)
     colours = palette(len(classes)).astype(np.float32)
     out = image.astype(np.float32)
     fg = labels >= 0

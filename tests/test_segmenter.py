@@ -69,6 +69,8 @@ def test_background_threshold_and_classes(seg, rng):
     # background names: pixels they win become -1; the rest keep their class
     bg = seg.run(img, CLASSES[:2], background=CLASSES[2:], threshold=0)
     np.testing.assert_array_equal(bg.labels, np.where(base.labels >= 2, -1, base.labels))
+    none = seg.run(img, CLASSES, background=[], threshold=0)  # [] = no background names
+    np.testing.assert_array_equal(none.labels, base.labels)
     # a name asked for as a class is a class, even if listed as background
     both = seg.run(img, CLASSES, background=["sky"], threshold=0)
     np.testing.assert_array_equal(both.labels, base.labels)

@@ -72,8 +72,14 @@ def _positives(N, M, P, gen):
 
 
 # (N, M, D, P): N not a multiple of the block, M = 1, odd M, D from 64 to 1024
-CONTRASTIVE_SHAPES = [(100, 37, 64, 2), (65, 1, 64, 1), (130, 70, 128, 3), (33, 9, 200, 2),
-                      (40, 13, 512, 2), (20, 5, 1024, 2)]  # fmt: skip
+CONTRASTIVE_SHAPES = [
+    (100, 37, 64, 2),
+    (65, 1, 64, 1),
+    (130, 70, 128, 3),
+    (33, 9, 200, 2),
+    (40, 13, 512, 2),
+    (20, 5, 1024, 2),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -118,8 +124,9 @@ def test_contrastive_reductions_and_errors():
     valid = (pos >= 0).any(1)
     mean = pixel_segment_contrastive(z, v, pos, backend="triton")
     torch.testing.assert_close(mean, per[valid].mean())
-    torch.testing.assert_close(pixel_segment_contrastive(z, v, pos, reduction="sum"), per.sum(),
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        pixel_segment_contrastive(z, v, pos, reduction="sum"), per.sum(), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(ValueError, match="reduction"):
         pixel_segment_contrastive(z, v, pos, reduction="max")
     with pytest.raises(ValueError, match="\\(M, D\\)"):
@@ -133,9 +140,15 @@ def test_contrastive_reductions_and_errors():
 
 
 # (B, D, h, w, K, out_size): K = 1, K not a power of two, K over one tile, D up to 1024
-MATCH_SHAPES = [(2, 64, 7, 9, 5, None), (1, 130, 5, 6, 21, (17, 23)), (2, 64, 8, 8, 1, None),
-                (1, 512, 4, 5, 70, (9, 11)), (1, 64, 6, 6, 3, (3, 3)), (1, 1024, 3, 3, 21, None),
-                (3, 96, 11, 13, 21, (88, 104))]  # fmt: skip
+MATCH_SHAPES = [
+    (2, 64, 7, 9, 5, None),
+    (1, 130, 5, 6, 21, (17, 23)),
+    (2, 64, 8, 8, 1, None),
+    (1, 512, 4, 5, 70, (9, 11)),
+    (1, 64, 6, 6, 3, (3, 3)),
+    (1, 1024, 3, 3, 21, None),
+    (3, 96, 11, 13, 21, (88, 104)),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)

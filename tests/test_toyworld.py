@@ -1,0 +1,93 @@
+"""Toy world generator: determinism, mask/caption consistency, dataset folder, errors."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from train import toyworld
+from train.toyworld import CLASSES, IGNORE, STUFF, THINGS, UNKNOWN_CLASSES, make_scene
+
+
+def test_class_lists_and_split():
+    assert len(STUFF) >= 6 and len(THINGS) >= 14 and len(set(CLASSES)) == len(CLASSES)
+    assert set(UNKNOWN_CLASSES) <= set(CLASSES)
+    assert len(UNKNOWN_CLASSES) == round(len(CLASSES) / 4)
+    assert any(c in STUFF for c in UNKNOWN_CLASSES) and any(c in THINGS for c in UNKNOWN_CLASSES)
+
+
+def test_deterministic_by_seed_and_index():
+    a, b = make_scene(3, 7), make_scene(3, 7)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.caption == b.caption
+    c = make_scene(3, 8)
+    assert not np.array_equal(a.image, c.image)
+    assert not np.array_equal(a.image, make_scene(4, 7).image)
+
+
+@pytest.mark.parametrize("index", range(40))
+def test_mask_and_caption_agree(index):
+    s = make_scene(11, index)
+    assert s.image.shape == (128, 128, 3) and s.image.dtype == np.uint8
+    ids = {int(i) for i in np.unique(s.mask) if i != IGNORE}
+    assert {CLASSES[i] for i in ids} == set(s.classes)
+    stuff = [c for c in s.classes if c in STUFF]
+    things = [c for c in s.classes if c in THINGS]
+    assert 1 <= len(stuff) <= 2 and len(things) <= 4
+    for c in s.classes:
+        assert c in s.caption, (c, s.caption)
+        assert (s.mask == CLASSES.index(c)).sum() >= toyworld.MIN_VISIBLE
+    for c in CLASSES:
+        if c not in s.classes:
+            assert not re.search(rf"\b{c}\b", s.caption), (c, s.caption)
+
+
+def test_no_single_colour_names_a_class():
+    """Mean colours of a class overlap other classes': a nearest-mean-colour classifier
+    (fit on 150 scenes, tested on 150 others) is far from perfect."""
+
+    def stats(seed):
+        feats, labels = [], []
+        for i in range(150):
+            s = make_scene(seed, i, 64)
+            for c in s.classes:
+                m = s.mask == CLASSES.index(c)
+                feats.append(s.image[m].mean(0))
+                labels.append(CLASSES.index(c))
+        return np.array(feats), np.array(labels)
+
+    xf, yf = stats(21)
+    xt, yt = stats(22)
+    means = np.stack([xf[yf == k].mean(0) for k in range(len(CLASSES))])
+    pred = np.argmin(((xt[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    assert (pred == yt).mean() < 0.6
+
+
+def test_write_dataset(tmp_path):
+    out = toyworld.write_dataset(tmp_path / "toy", seed=5, count=6, size=64)
+    assert (out / "classes.txt").read_text().splitlines() == list(CLASSES)
+    ids = (out / "ImageSets/Segmentation/all.txt").read_text().split()
+    assert len(ids) == 6
+    caps = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert [c["image"] for c in caps] == ids
+    split = json.loads((out / "split.json").read_text())
+    assert split["unknown"] == list(UNKNOWN_CLASSES)
+    for i, cap in zip(ids, caps):
+        img = Image.open(out / "JPEGImages" / f"{i}.jpg")
+        mask = np.asarray(Image.open(out / "SegmentationClass" / f"{i}.png"))
+        assert img.size == (64, 64) and mask.shape == (64, 64)
+        scene = make_scene(5, int(i.split("_")[1]), 64)
+        np.testing.assert_array_equal(mask, scene.mask)
+        assert cap["caption"] == scene.caption
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert toyworld.main(["--count", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--count must be positive" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert toyworld.main(["--count", "1", "--out", str(blocker / "sub")]) == 2
+    assert "cannot write to output folder" in capsys.readouterr().err

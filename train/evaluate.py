@@ -1,0 +1,239 @@
+"""Evaluate a bundle on a VOC-style folder, through clips4rt.Segmenter (what users deploy).
+
+    python -m train.evaluate --model toy.onnx --data data/toy_val [--json out.json]
+    python -m train.evaluate --model toy.onnx --data data/toy_val --mode unsupervised
+    python -m train.evaluate --model toy.onnx --data data/toy_val --mode probe
+
+Modes:
+- ``language`` (default): prompts = the class names; mIoU over all / known / unknown
+  classes and their harmonic mean (unknown classes from --unknown-classes, else the
+  folder's split.json).
+- ``unsupervised``: spherical k-means (k = number of classes) on the pixel
+  embeddings, clusters matched to classes by the Hungarian algorithm.
+- ``probe``: a linear classifier on the pixel embeddings, trained on the first half
+  of the images (labels resized to the embedding grid) and scored on the second half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import clips4rt
+from kernels.cpu import match_upsample
+from train.metrics import confusion, hungarian_match, summarize
+from train.voc import VOCFolder
+
+
+def _working(seg, image, size):
+    from clips4rt.segmenter import _resize
+
+    hh, ww = seg.working_size(*image.shape[:2], size)
+    return _resize(image, hh, ww)
+
+
+def eval_language(seg, data, classes, size=None, templates=None, batch=16) -> np.ndarray:
+    n = len(classes)
+    conf = np.zeros((n, n + 1), np.int64)
+    for start in tqdm(range(0, len(data), batch), desc="language", unit="batch"):
+        items = [data.load(i) for i in range(start, min(start + batch, len(data)))]
+        results = seg.run_batch(
+            [im for im, _ in items],
+            classes,
+            threshold=0.0,
+            background=[],
+            templates=templates,
+            size=size,
+        )
+        for (_, mask), r in zip(items, results):
+            conf += confusion(mask, r.labels, n)
+    return conf
+
+
+def _embeddings(seg, data, indices, size):
+    for i in indices:
+        image, mask = data.load(i)
+        yield seg.embed(_working(seg, image, size)[None])[0], image, mask
+
+
+def spherical_kmeans(x: np.ndarray, k: int, iters: int = 30, seed: int = 0) -> np.ndarray:
+    """(k, D) unit centroids of unit vectors x (N, D); k-means++-style seeding."""
+    rng = np.random.default_rng(seed)
+    cent = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d = 1 - np.max(x @ np.stack(cent).T, axis=1)
+        p = np.maximum(d, 0) ** 2
+        cent.append(x[rng.choice(len(x), p=p / p.sum()) if p.sum() > 0 else rng.integers(len(x))])
+    c = np.stack(cent)
+    for _ in range(iters):
+        assign = np.argmax(x @ c.T, axis=1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                m = members.sum(0)
+                c[j] = m / max(np.linalg.norm(m), 1e-12)
+    return c.astype(np.float32)
+
+
+def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    feats = []
+    per_image = max(1, sample // len(data))
+    for emb, _, _ in tqdm(
+        _embeddings(seg, data, range(len(data)), size), total=len(data), desc="embed", unit="img"
+    ):
+        f = emb.reshape(emb.shape[0], -1).T
+        feats.append(f[rng.choice(len(f), min(per_image, len(f)), replace=False)])
+    cent = spherical_kmeans(np.concatenate(feats), n, seed=seed)
+    conf = np.zeros((n, n + 1), np.int64)
+    for emb, image, mask in tqdm(
+        _embeddings(seg, data, range(len(data)), size), total=len(data), desc="assign", unit="img"
+    ):
+        labels, _, _ = match_upsample(emb, cent, image.shape[:2], 1.0)
+        conf += confusion(mask, labels, n)
+    mapping = hungarian_match(conf)
+    out = np.zeros_like(conf)
+    for cluster, cls in enumerate(mapping):
+        out[:, cls if cls >= 0 else n] += conf[:, cluster]
+    out[:, n] += conf[:, n]
+    return out
+
+
+def eval_probe(seg, data, n, size=None, epochs=300, seed=0) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    half = len(data) // 2
+    if half < 1:
+        raise ValueError("probe mode needs at least 2 images (half train, half test)")
+    xs, ys = [], []
+    for emb, _, mask in tqdm(
+        _embeddings(seg, data, range(half), size), total=half, desc="probe train", unit="img"
+    ):
+        h, w = emb.shape[1:]
+        small = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+        keep = small.reshape(-1) != 255
+        xs.append(emb.reshape(emb.shape[0], -1).T[keep])
+        ys.append(small.reshape(-1)[keep].astype(np.int64))
+    x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], n)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(lin(x * 10), y).backward()
+        opt.step()
+    conf = np.zeros((n, n + 1), np.int64)
+    with torch.no_grad():
+        for emb, image, mask in tqdm(
+            _embeddings(seg, data, range(half, len(data)), size),
+            total=len(data) - half,
+            desc="probe test",
+            unit="img",
+        ):
+            logits = torch.einsum("kd,dhw->khw", lin.weight, torch.from_numpy(emb) * 10)
+            logits = logits + lin.bias[:, None, None]
+            up = F.interpolate(logits[None], size=image.shape[:2], mode="bilinear")[0]
+            conf += confusion(mask, up.argmax(0).numpy(), n)
+    return conf
+
+
+def markdown(report: dict) -> str:
+    lines = [f"| metric | {report['mode']} |", "| --- | --- |"]
+    for k in ("miou", "miou_known", "miou_unknown", "hm", "pixel_accuracy"):
+        lines.append(f"| {k} | {report[k]:.1f} |")
+    lines += ["", "| class | IoU | split |", "| --- | --- | --- |"]
+    for c, v in report["per_class"].items():
+        split = "unknown" if c in report["unknown_classes"] else "known"
+        lines.append(f"| {c} | {'-' if v is None else f'{v:.1f}'} | {split} |")
+    return "\n".join(lines)
+
+
+def evaluate(
+    model,
+    data_dir,
+    mode="language",
+    unknown=None,
+    size=None,
+    templates=None,
+    limit=None,
+    image_set=None,
+) -> dict:
+    """Run one evaluation; returns the report dict (see ``train.metrics.summarize``)."""
+    data = VOCFolder(data_dir, image_set=image_set, limit=limit)
+    seg = clips4rt.Segmenter(model)
+    classes = data.classes
+    if unknown is None:
+        unknown = list(data.split.get("unknown", []))
+    missing = [u for u in unknown if u not in classes]
+    if missing:
+        raise ValueError(f"--unknown-classes {missing} are not in {data.root}/classes.txt")
+    if mode == "language":
+        conf = eval_language(seg, data, classes, size, templates)
+    elif mode == "unsupervised":
+        conf = eval_unsupervised(seg, data, len(classes), size)
+    elif mode == "probe":
+        conf = eval_probe(seg, data, len(classes), size)
+    else:
+        raise ValueError(f"unknown --mode {mode!r}: language, unsupervised or probe")
+    report = summarize(conf, classes, unknown)
+    report.update(
+        mode=mode,
+        model=str(model),
+        data=str(data_dir),
+        images=len(data),
+        unknown_classes=list(unknown),
+        kind=seg.info.kind,
+        input_size=int(size or seg.info.input_size),
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m train.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="bundle image graph (model.onnx)")
+    p.add_argument("--data", required=True, help="VOC-style folder")
+    p.add_argument("--mode", default="language", choices=("language", "unsupervised", "probe"))
+    p.add_argument("--unknown-classes", help="comma-separated; default: the folder's split.json")
+    p.add_argument("--size", type=int, help="short side images are resized to (default: bundle)")
+    p.add_argument("--templates", choices=("bundle", "simple"), default="bundle")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--image-set", help="ImageSets/Segmentation/<name>.txt to evaluate")
+    p.add_argument("--json", help="write the report here")
+    args = p.parse_args(argv)
+    unknown = None
+    if args.unknown_classes is not None:
+        unknown = [c.strip() for c in args.unknown_classes.split(",") if c.strip()]
+    templates = ["a photo of a {}."] if args.templates == "simple" else None
+    try:
+        report = evaluate(
+            args.model,
+            args.data,
+            args.mode,
+            unknown,
+            args.size,
+            templates,
+            args.limit,
+            args.image_set,
+        )
+    except (ValueError, FileNotFoundError, clips4rt.BundleError, clips4rt.ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
