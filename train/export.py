@@ -53,7 +53,7 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def verify(image_path, text_path, image_ref, text_ref, stride, sizes, seed=0) -> dict:
+def verify(image_path, text_path, image_ref, text_ref, stride, sizes, seed=0, context_length=77):
     """Run the ONNX graphs and the torch reference modules on random inputs.
 
     Returns {"image@HxW": rel_err, ..., "text": rel_err}."""
@@ -72,7 +72,7 @@ def verify(image_path, text_path, image_ref, text_ref, stride, sizes, seed=0) ->
         if out.shape != ref.shape:
             raise RuntimeError(f"image graph gave shape {out.shape}, torch {ref.shape}")
         errs[f"image@{h * stride}x{w * stride}"] = _rel_err(out, ref)
-    tokens = tokenize(["a photo of a cat.", "sky", "", "a very long caption " * 20])
+    tokens = tokenize(["a photo of a cat.", "sky", "", "a very long caption " * 20], context_length)
     with torch.no_grad():
         ref = text_ref(torch.from_numpy(tokens)).numpy()
     errs["text"] = _rel_err(txt_sess.run(None, {B.TEXT_INPUT: tokens})[0], ref)
@@ -146,7 +146,7 @@ def export_bundle(
     for k, v in bundle.to_metadata().items():
         model.metadata_props.add(key=k, value=v)
     onnx.save(model, str(out))
-    errs = verify(out, text_path, image_ref, text_ref, stride, verify_sizes)
+    errs = verify(out, text_path, image_ref, text_ref, stride, verify_sizes, context_length=ctx)
     bad = {k: v for k, v in errs.items() if not v <= TOLERANCE[precision]}
     if bad:
         raise RuntimeError(
@@ -196,6 +196,55 @@ def export_dense_clip(
     return export_bundle(image, text, out, info, fp16=fp16)
 
 
+def export_student(
+    checkpoint, out, *, input_size=None, fp16=False, templates=None, threshold=0.0, background=()
+):
+    """Export a CLIP-S4 training checkpoint: the student image graph + the teacher's
+    text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash)."""
+    from train.clip_loader import load_clip
+    from train.config import TrainConfig
+    from train.models.dense_clip import CLIPText
+    from train.models.student import UInt8Input, build_student
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "model_hash" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path} is not a clips4rt training checkpoint (python -m train)")
+    cfg = TrainConfig(**ckpt["config"])
+    model, name, mean, std = load_clip(cfg.clip, cfg.pretrained, cfg.model_config)
+    student = build_student(
+        cfg.backbone, int(model.visual.output_dim), model.visual, cfg.stride, cfg.decoder_width
+    )
+    student.load_state_dict(ckpt["model"])
+    image = UInt8Input(student.eval(), mean, std)
+    templates = templates or cfg.templates
+    info = dict(
+        kind="clip-s4",
+        embed_dim=int(model.visual.output_dim),
+        stride=int(student.stride),
+        input_size=int(input_size or cfg.teacher_size),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        mean=tuple(mean),
+        std=tuple(std),
+        context_length=int(model.context_length),
+        prompt_templates=tuple(TEMPLATE_SETS[templates]),
+        background_threshold=float(threshold),
+        background_classes=tuple(background),
+        known_classes=tuple(ckpt["teacher"]["known_classes"]),
+        provenance={
+            "teacher": name,
+            "pretrained": cfg.pretrained,
+            "steps": int(ckpt["step"]),
+            "config_hash": ckpt["model_hash"],
+            "backbone": cfg.backbone,
+            "checkpoint": path.name,
+        },
+    )
+    return export_bundle(image, CLIPText(model), out, info, fp16=fp16)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train.export",
@@ -205,11 +254,16 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--clip", help="open_clip model name, e.g. ViT-B-16")
     src.add_argument("--model-config", help="open_clip-style model config JSON")
+    src.add_argument("--checkpoint", help="a CLIP-S4 training checkpoint (python -m train)")
     p.add_argument("--pretrained", help="pretrained tag (e.g. openai) or checkpoint path")
     p.add_argument("--dense", default="maskclip", help="maskclip | clearclip | sclip")
     p.add_argument("-o", "--out", required=True, help="output image graph, e.g. model.onnx")
     p.add_argument("--input-size", type=int, help="default short side (default 2x native)")
-    p.add_argument("--templates", default="imagenet", choices=sorted(TEMPLATE_SETS))
+    p.add_argument(
+        "--templates",
+        choices=sorted(TEMPLATE_SETS),
+        help="prompt templates (default: imagenet; a checkpoint's own setting)",
+    )
     p.add_argument("--threshold", type=float, default=0.0, help="background probability rule")
     p.add_argument("--background", default="", help="comma-separated background class names")
     p.add_argument("--fp16", action="store_true", help="float16 weights (GPU deployment)")
@@ -226,9 +280,20 @@ def main(argv: list[str] | None = None) -> int:
             f"error: unknown --dense {args.dense!r}; choose one of {DENSE_MODES}", file=sys.stderr
         )
         return 2
+    background = tuple(c.strip() for c in args.background.split(",") if c.strip())
     try:
+        if args.checkpoint:
+            info, errs = export_student(
+                args.checkpoint,
+                args.out,
+                input_size=args.input_size,
+                fp16=args.fp16,
+                templates=args.templates,
+                threshold=args.threshold,
+                background=background,
+            )
+            return _report(args.out, info, errs)
         model, name, mean, std = load_clip(args.clip, args.pretrained, args.model_config)
-        background = tuple(c.strip() for c in args.background.split(",") if c.strip())
         info, errs = export_dense_clip(
             model,
             name,
@@ -246,10 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return _report(args.out, info, errs)
+
+
+def _report(out, info, errs) -> int:
     for k, v in errs.items():
         print(f"parity {k}: relative error {v:.2e} (tolerance {TOLERANCE[info.precision]:g})")
     print(
-        f"wrote {args.out} and {info.text_model} ({info.kind}, D={info.embed_dim}, "
+        f"wrote {out} and {info.text_model} ({info.kind}, D={info.embed_dim}, "
         f"stride {info.stride}, input size {info.input_size})"
     )
     return 0
