@@ -1,0 +1,126 @@
+"""python -m train on the toy preset: a few steps end to end, resume, NaN stop, export."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from train.__main__ import main  # noqa: E402
+from train.config import load_config  # noqa: E402
+from train.loop import train  # noqa: E402
+
+TINY = ["--toy_pool=12", "--batch=3", "--image_size=64", "--teacher_size=96", "--segments=4",
+        "--log_every=1", "--ckpt_every=2", "--unknown_prototypes=2", "--unknown_refresh=1",
+        "--warmup=2"]  # fmt: skip
+
+
+def _cfg(tmp_path, *extra):
+    return load_config("toy", [*TINY, f"--out={tmp_path}", *extra])
+
+
+def test_few_steps_end_to_end(tmp_path):
+    last = train(_cfg(tmp_path / "a", "--steps=4"))
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["step"] == 4 and last.name == "step_0000004.pt"
+    rows = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,total") and len(rows) == 5
+    vals = np.array([[float(x) for x in r.split(",")] for r in rows[1:]])
+    assert np.isfinite(vals).all() and (vals[:, 2] > 0).all()  # contrastive loss > 0
+    assert sorted(p.name for p in (tmp_path / "a").glob("step_*.pt")) == [
+        "step_0000002.pt", "step_0000004.pt"]  # fmt: skip
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    full = torch.load(train(_cfg(tmp_path / "full", "--steps=4")), weights_only=False)
+    cfg = _cfg(tmp_path / "cut", "--steps=4")
+    train(cfg, stop_after=3)  # "killed" after 3 steps (checkpoint at step 3)
+    resumed = torch.load(train(cfg, resume=True), weights_only=False)
+    assert resumed["step"] == 4
+    for k, v in full["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_another_config(tmp_path):
+    train(_cfg(tmp_path, "--steps=2"))
+    with pytest.raises(ValueError, match="another configuration"):
+        train(_cfg(tmp_path, "--steps=4", "--segments=5"), resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(_cfg(tmp_path / "empty", "--steps=2"), resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from train import loop
+
+    cfg = _cfg(tmp_path, "--steps=6")
+    train(cfg, stop_after=2)
+    good = torch.load(tmp_path / "step_0000002.pt", weights_only=False)
+    real = loop.step_losses
+
+    def poisoned(*a, **k):
+        out = real(*a, **k)
+        out["total"] = out["total"] * float("nan")
+        return out
+
+    monkeypatch.setattr(loop, "step_losses", poisoned)
+    with pytest.raises(RuntimeError, match="loss is nan at step 2.*last good checkpoint"):
+        train(cfg, resume=True)
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_0000002.pt"]
+    after = torch.load(tmp_path / "step_0000002.pt", weights_only=False)
+    for k, v in good["model"].items():
+        torch.testing.assert_close(after["model"][k], v, rtol=0, atol=0)
+
+
+def test_export_student_parity(tmp_path):
+    from train.export import export_student
+
+    last = train(_cfg(tmp_path, "--steps=1"))
+    info, errs = export_student(last, tmp_path / "student.onnx")
+    assert info.kind == "clip-s4" and info.stride == 8 and info.embed_dim == 64
+    assert info.known_classes and "snow" not in info.known_classes
+    assert info.provenance["steps"] == 1 and info.provenance["config_hash"]
+    assert all(e <= 1e-3 for e in errs.values()), errs
+    import clips4rt
+
+    seg = clips4rt.Segmenter(tmp_path / "student.onnx")
+    r = seg.run(np.zeros((96, 96, 3), np.uint8), ["sky", "grass"])
+    assert r.labels.shape == (96, 96)
+
+
+def test_bad_inputs(tmp_path, capsys):
+    assert main(["--preset", "nope"]) == 2
+    assert "preset 'nope' not found" in capsys.readouterr().err
+    assert main(["--preset", "toy", "--stepz=3"]) == 2
+    assert "unknown config key 'stepz'" in capsys.readouterr().err
+    assert main(["--preset", "toy", *TINY, "--backbone=vgg", f"--out={tmp_path}/b"]) == 2
+    assert "unknown backbone 'vgg'" in capsys.readouterr().err
+    (tmp_path / "imgs").mkdir()
+    assert main(["--preset", "toy", *TINY, f"--data={tmp_path}/imgs", f"--out={tmp_path}/c"]) == 2
+    assert "no image files" in capsys.readouterr().err
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\ncat\n")
+    assert (
+        main(["--preset", "toy", *TINY, f"--known_classes={classes}", f"--out={tmp_path}/d"]) == 2
+    )
+    assert "duplicate class names ['cat']" in capsys.readouterr().err
+    classes.write_text("cat\n\ndog\n")
+    assert (
+        main(["--preset", "toy", *TINY, f"--known_classes={classes}", f"--out={tmp_path}/e"]) == 2
+    )
+    assert "empty line 2" in capsys.readouterr().err
+
+
+def test_image_folder_skips_corrupt_files(tmp_path):
+    from PIL import Image
+
+    from train.data import FolderSource
+
+    d = tmp_path / "imgs" / "sub"
+    d.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(d / f"{i}.png")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    src = FolderSource(tmp_path / "imgs", 32)
+    batch = src.batch(12, torch.Generator().manual_seed(0))
+    assert batch.shape == (12, 32, 32, 3) and batch.dtype == torch.uint8
+    assert src.skipped == 1 and src.bad == {d / "broken.jpg"}

@@ -1,0 +1,119 @@
+"""CLIP-S4 training parts: augmentation geometry, segments, losses, config."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from train import augment as A  # noqa: E402
+from train.config import TrainConfig, load_config  # noqa: E402
+from train.losses import contrastive_loss, embedding_consistency, semantic_consistency  # noqa: E402
+from train.segments import kmeans_segments, segment_means  # noqa: E402
+
+
+def test_identity_box_reproduces_the_image():
+    x = torch.rand(2, 3, 16, 16)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]] * 2)
+    torch.testing.assert_close(A.warp(x, A.grids(boxes, 16, 16)), x, atol=1e-5, rtol=0)
+    flipped = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]] * 2)
+    torch.testing.assert_close(A.warp(x, A.grids(flipped, 16, 16)), x.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_crop_box_is_the_expected_window():
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    # right half, full height: cx = 0.5, half width 0.5
+    box = torch.tensor([[0.5, 0.0, 0.5, 1.0, 0.0]])
+    out = A.warp(x, A.grids(box, 8, 4), mode="nearest")
+    torch.testing.assert_close(out, x[..., :, 4:])
+
+
+def test_correspondence_points_to_the_same_image_point():
+    """Each view-a pixel's partner in view b sees the same image point, up to half a
+    view-b pixel (nearest-pixel rounding); pixels outside view b get -1."""
+    gen = torch.Generator().manual_seed(0)
+    cfg = A.AugmentConfig(scale=(0.3, 1.0), flip=0.5)
+    ba, bb = A.sample_boxes(16, cfg, gen), A.sample_boxes(16, cfg, gen)
+    h = w = 12
+    pa = A.grids(ba, h, w).flatten(1, 2)  # image coords of view-a pixel centres
+    pb = A.grids(bb, h, w).flatten(1, 2)
+    corr = A.correspondence(ba, bb, h, w)
+    matched = corr >= 0
+    assert matched.float().mean() > 0.2
+    partner = torch.gather(pb, 1, corr.clamp(min=0)[..., None].expand(-1, -1, 2))
+    # half a view-b pixel in image coordinates, per axis
+    half = torch.stack([bb[:, 2], bb[:, 3]], -1)[:, None, :] / w
+    err = (partner - pa).abs()
+    assert (err[matched] <= half.expand_as(err)[matched] + 1e-5).all()
+    # unmatched pixels really lie outside view b's box
+    cx, cy, hw, hh = (bb[:, i, None] for i in range(4))
+    outside = ((pa[..., 0] - cx).abs() > hw) | ((pa[..., 1] - cy).abs() > hh)
+    assert torch.equal(outside, ~matched)
+
+
+def test_jitter_keeps_range_and_changes_colours():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 3, 10, 10)
+    y = A.jitter(x.clone(), A.AugmentConfig(), gen)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert not torch.allclose(x, y)
+
+
+def test_kmeans_separates_clear_clusters():
+    d = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+    lab = torch.randint(0, 3, (2, 60))
+    z = torch.nn.functional.normalize(d[lab] + 0.05 * torch.randn(2, 60, 16), dim=-1)
+    seg = kmeans_segments(z, 3, gen=torch.Generator().manual_seed(0))
+    for b in range(2):  # same partition up to relabelling
+        pairs = set(zip(lab[b].tolist(), seg[b].tolist()))
+        assert len(pairs) == 3
+    means, counts = segment_means(z, seg, 3)
+    assert counts.sum() == 120 and torch.allclose(means.norm(dim=-1), torch.ones(2, 3))
+
+
+def test_contrastive_loss_hand_checked():
+    """One pixel on segment 0, orthogonal segment 1: loss = log(1 + e^-k); gradient
+    d/dz = -k * (1 - p_0) * v_0 + k * p_1 * v_1 with p = softmax(k z.v)."""
+    k = 10.0
+    z = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[0]])
+    loss = contrastive_loss(z, v, pos, k)
+    # float32: a difference of two log-sum-exps near k = 10 (ulp ~1e-6)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-k)), abs=2e-6)
+    loss.backward()
+    p1 = 1 / (1 + math.exp(k))
+    torch.testing.assert_close(z.grad, torch.tensor([[-k * p1, k * p1]]))
+
+
+def test_embedding_and_semantic_consistency_hand_checked():
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    loss = embedding_consistency(v, t)  # (0 + 1) / 2
+    assert loss.item() == pytest.approx(0.5)
+    loss.backward()
+    torch.testing.assert_close(v.grad, torch.tensor([[0.0, 0.0], [-0.5, 0.0]]))
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v2 = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    ce = semantic_consistency(v2, torch.tensor([[1.0, 0.0]]), protos, 1.0, 1.0)
+    q = torch.softmax(torch.tensor([1.0, 0.0]), 0)
+    assert ce.item() == pytest.approx(-(q * torch.log(q)).sum().item(), rel=1e-5)
+    ce.backward()
+    # d CE / d logits = p - q = 0 here (student equals teacher): the gradient vanishes
+    torch.testing.assert_close(v2.grad, torch.zeros(1, 2), atol=1e-6, rtol=0)
+
+
+def test_config_presets_and_overrides(tmp_path):
+    cfg = load_config("toy", ["--steps=5", "--lr=0.01", "--clip=None", "--imagenet_init=true"])
+    assert cfg.steps == 5 and cfg.lr == 0.01 and cfg.clip is None and cfg.imagenet_init is True
+    assert isinstance(cfg, TrainConfig)
+    with pytest.raises(ValueError, match="unknown config key 'stepz'"):
+        load_config("toy", ["--stepz=5"])
+    with pytest.raises(ValueError, match="preset 'nope' not found"):
+        load_config("nope")
+    with pytest.raises(ValueError, match="expected int"):
+        load_config("toy", ["--steps=many"])
+    with pytest.raises(ValueError, match="--key=value"):
+        load_config("toy", ["--steps"])
+    assert load_config("toy").model_hash() != load_config("toy", ["--backbone=vit"]).model_hash()
+    assert load_config("toy").model_hash() == load_config("toy", ["--steps=3"]).model_hash()

@@ -1,0 +1,106 @@
+"""Two-view augmentation with kept geometry (CLIP-S4 / SegSort).
+
+Each view is a random resized crop (+ horizontal flip) of the image, resampled by
+``grid_sample`` from a sampling grid that maps every output pixel to a point of the
+original image. Keeping the grids gives, for free:
+
+- pixel correspondence between the two views (``correspondence``);
+- the teacher's dense features, computed once on the full image, warped into each
+  view with the same grids (``warp``).
+
+Photometric jitter (brightness, contrast, saturation, hue rotation, blur) changes
+colours only, so it leaves the geometry alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    size: int = 96  # output side of each view, pixels
+    scale: tuple[float, float] = (0.35, 1.0)  # crop area as a fraction of the image
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.05  # fraction of a full turn
+    blur: float = 0.2  # probability of a 3x3 box blur
+
+
+def sample_boxes(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """(n, 5) crop boxes in normalised [-1, 1] image coordinates: (cx, cy, half_w, half_h,
+    flip), square-ish crops of area ``scale`` and aspect ``ratio``."""
+    area = torch.empty(n).uniform_(*cfg.scale, generator=gen)
+    logr = torch.empty(n).uniform_(*map(torch.log, torch.tensor(cfg.ratio)), generator=gen)
+    r = torch.exp(logr)
+    hw = torch.clamp(torch.sqrt(area * r), max=1.0)  # half sizes in units of the half image
+    hh = torch.clamp(torch.sqrt(area / r), max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - hw)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - hh)
+    flip = (torch.rand(n, generator=gen) < cfg.flip).float()
+    return torch.stack([cx, cy, hw, hh, flip], 1)
+
+
+def grids(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(n, h, w, 2) sampling grids (x, y in [-1, 1], align_corners=False) of an h x w
+    output of each box."""
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
+    cx, cy, hw, hh, flip = (boxes[:, i, None, None] for i in range(5))
+    gx = xs[None, None, :] * torch.where(flip > 0, -1.0, 1.0) * hw + cx
+    gy = ys[None, :, None] * hh + cy
+    return torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Resample (n, C, H, W) maps of the full images at ``grid`` (n, h, w, 2)."""
+    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)
+
+
+def jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Photometric jitter of (n, 3, h, w) images in [0, 1]."""
+    n = x.shape[0]
+    u = lambda a: 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * a  # noqa: E731
+    x = x * u(cfg.brightness)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * u(cfg.contrast) + mean
+    gray = x.mean(dim=1, keepdim=True)
+    x = (x - gray) * u(cfg.saturation) + gray
+    if cfg.hue > 0:  # rotate chroma around the gray axis
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * cfg.hue * 2 * torch.pi
+        c, s = torch.cos(angle), torch.sin(angle)
+        k = torch.full((n,), 1 / 3**0.5)
+        # Rodrigues rotation about the (1, 1, 1) axis
+        kx = torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / 3**0.5
+        rot = (
+            c[:, None, None] * torch.eye(3)
+            + s[:, None, None] * kx
+            + (1 - c)[:, None, None] * (k[:, None, None] ** 2) * torch.ones(3, 3)
+        )
+        x = torch.einsum("nij,njhw->nihw", rot, x)
+    blur = torch.rand(n, generator=gen) < cfg.blur
+    if blur.any():
+        x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return x.clamp(0, 1)
+
+
+def correspondence(boxes_a: torch.Tensor, boxes_b: torch.Tensor, h: int, w: int):
+    """For each pixel of an h x w map of view a, the flat index of the pixel of view b
+    that sees the same image point, or -1 where view b does not see it.
+
+    Returns (n, h * w) int64."""
+    ga = grids(boxes_a, h, w)  # image coordinates of view a's pixels
+    cx, cy, hw, hh, flip = (boxes_b[:, i, None, None] for i in range(5))
+    u = (ga[..., 0] - cx) / hw * torch.where(flip > 0, -1.0, 1.0)  # view b coordinates
+    v = (ga[..., 1] - cy) / hh
+    inside = (u.abs() <= 1) & (v.abs() <= 1)
+    col = ((u + 1) / 2 * w).floor().clamp(0, w - 1).long()
+    row = ((v + 1) / 2 * h).floor().clamp(0, h - 1).long()
+    idx = row * w + col
+    return torch.where(inside, idx, torch.full_like(idx, -1)).flatten(1)

@@ -1,0 +1,132 @@
+"""Training configuration: one typed object, JSON presets, ``--key=value`` overrides.
+
+    python -m train --preset toy --steps=300 --out=runs/toy_short
+
+Unknown keys, unknown presets and values of the wrong type are errors that name the fix.
+The resolved config is saved in every checkpoint; ``model_hash`` covers the fields
+that shape the model and the losses, so ``--resume`` refuses a checkpoint from another
+configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass
+class TrainConfig:
+    # data: "toy" = the toy-world generator, else a folder of unlabeled images
+    data: str = "toy"
+    toy_seed: int = 1000
+    toy_pool: int = 4000
+    image_size: int = 96  # side of each augmented view
+    teacher_size: int = 128  # side of the full image the teacher sees
+    # teacher (any open_clip CLIP: name + pretrained tag, or config JSON + checkpoint)
+    clip: str | None = None
+    model_config: str | None = "train/assets/toy-teacher.json"
+    pretrained: str | None = "train/assets/toy-teacher.pt"
+    teacher_dense: str = "maskclip"
+    known_classes: str = "toy"  # "toy" or a text file, one class name a line
+    templates: str = "simple"  # simple | imagenet
+    # student
+    backbone: str = "resnet18"
+    stride: int = 8
+    decoder_width: int = 128
+    imagenet_init: bool = False
+    # losses
+    segments: int = 8  # k-means segments per view
+    concentration: float = 10.0
+    w_contrastive: float = 1.0
+    w_embedding: float = 1.0
+    w_semantic: float = 1.0
+    unknown_prototypes: int = 8  # 0 switches them off
+    unknown_threshold: float = 0.5
+    unknown_refresh: int = 25
+    student_scale: float = 50.0
+    teacher_scale: float = 50.0
+    # optimisation
+    steps: int = 600
+    batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 30
+    clip_grad: float = 1.0
+    seed: int = 0
+    # output
+    out: str = "runs/toy"
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep: int = 3
+
+    MODEL_FIELDS = (
+        "clip",
+        "model_config",
+        "pretrained",
+        "teacher_dense",
+        "known_classes",
+        "templates",
+        "backbone",
+        "stride",
+        "decoder_width",
+        "segments",
+        "unknown_prototypes",
+        "image_size",
+    )
+
+    def model_hash(self) -> str:
+        d = {k: getattr(self, k) for k in self.MODEL_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, typ, text: str):
+    typ = str(typ)
+    if text.lower() in ("none", "null") and "None" in typ:
+        return None
+    try:
+        if typ.startswith("int"):
+            return int(text)
+        if typ.startswith("float"):
+            return float(text)
+        if typ.startswith("bool"):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+    except ValueError:
+        raise ValueError(f"--{name}={text!r}: expected {typ}") from None
+    return text
+
+
+def load_config(preset: str | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Preset JSON (``train/presets/<name>.json`` or a path) + ``key=value`` overrides."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    values: dict = {}
+    if preset is not None:
+        path = Path(preset) if preset.endswith(".json") else PRESETS / f"{preset}.json"
+        if not path.is_file():
+            names = sorted(p.stem for p in PRESETS.glob("*.json"))
+            raise ValueError(f"preset {preset!r} not found; available: {names}")
+        values = json.loads(path.read_text())
+        bad = sorted(set(values) - set(known))
+        if bad:
+            raise ValueError(f"{path}: unknown config keys {bad}")
+    for item in overrides:
+        key, sep, text = item.lstrip("-").partition("=")
+        key = key.replace("-", "_")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like --key=value")
+        if key not in known:
+            close = [k for k in known if key in k or k in key][:5]
+            raise ValueError(
+                f"unknown config key {key!r}" + (f"; did you mean {close}?" if close else "")
+            )
+        values[key] = _coerce(key, known[key].type, text)
+    return TrainConfig(**values)

@@ -1,0 +1,325 @@
+"""The CLIP-S4 training loop (``python -m train``): read it top to bottom.
+
+One step: full images -> frozen dense teacher features; two augmented views ->
+student pixel embeddings; k-means segments per view; pixel-segment contrastive loss
+(positives: own segment + the other view's segment at the same image point),
+embedding consistency (segment level) and semantic consistency over known + unknown
+prototypes. AdamW, warmup + cosine, gradient clipping, bf16 autocast on CUDA,
+checkpoints written atomically, ``--resume`` continues bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from train import augment as A
+from train.config import TrainConfig
+from train.losses import contrastive_loss, embedding_consistency, semantic_consistency
+from train.segments import kmeans_segments, segment_means
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def read_classes(spec: str) -> list[str]:
+    if spec == "toy":
+        from train.toyworld import KNOWN_CLASSES
+
+        return list(KNOWN_CLASSES)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"known-class file not found: {path}; set --known_classes=FILE")
+    lines = path.read_text().splitlines()
+    names = [n.strip() for n in lines]
+    if any(not n for n in names):
+        raise ValueError(f"{path}: empty line {names.index('') + 1}; one class name a line")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{path}: duplicate class names {dupes}")
+    return names
+
+
+class Teacher:
+    """Frozen open_clip CLIP: dense image features + text prototypes."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+        from train.clip_loader import load_clip
+        from train.models.dense_clip import DenseCLIPImage
+        from train.prototypes import text_prototypes
+
+        model, self.name, mean, std = load_clip(cfg.clip, cfg.pretrained, cfg.model_config)
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.dense = DenseCLIPImage(model.visual, cfg.teacher_dense, mean, std).to(device)
+        self.mean, self.std = mean, std
+        self.embed_dim = int(model.visual.output_dim)
+        self.classes = read_classes(cfg.known_classes)
+        templates = SIMPLE_TEMPLATES if cfg.templates == "simple" else IMAGENET_TEMPLATES
+        import open_clip
+
+        tok = open_clip.get_tokenizer(self.name)
+        self.known = text_prototypes(
+            lambda t: model.encode_text(t.to(device)), tok, self.classes, templates
+        ).to(device)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) -> unit dense features (B, D, S/p, S/p)."""
+        return self.dense(images)
+
+
+def _views(images, boxes, cfg, gen, device):
+    """Augmented, normalised views (B, 3, s, s) of uint8 full images."""
+    x = images.permute(0, 3, 1, 2).float().div(255)
+    g = A.grids(boxes, cfg.image_size, cfg.image_size)
+    v = A.jitter(A.warp(x, g), A.AugmentConfig(size=cfg.image_size), gen)
+    return ((v - MEAN) / STD).to(device)
+
+
+def step_losses(student, teacher, unknown, images, cfg, gen, device) -> dict:
+    """All losses of one step (a dict of scalar tensors, 'total' included)."""
+    B = images.shape[0]
+    t_full = teacher.features(images.to(device))  # (B, D, ht, wt), no grad
+    boxes = [A.sample_boxes(B, A.AugmentConfig(size=cfg.image_size), gen) for _ in range(2)]
+    zs, ts, labels = [], [], []
+    for bx in boxes:
+        z = student(_views(images, bx, cfg, gen, device))  # (B, D, h, w)
+        h, w = z.shape[-2:]
+        t = F.normalize(A.warp(t_full, A.grids(bx, h, w).to(device)), dim=1)
+        zf, tf = z.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)  # (B, P, D)
+        zs.append(zf)
+        ts.append(tf)
+        labels.append(kmeans_segments(zf.detach(), cfg.segments, gen=gen))
+    k = cfg.segments
+    corr = [A.correspondence(boxes[0], boxes[1], h, w), A.correspondence(boxes[1], boxes[0], h, w)]
+    v_all, t_all, counts = [], [], []
+    for zf, tf, lab in zip(zs, ts, labels):
+        v, c = segment_means(zf.float(), lab, k)
+        tm, _ = segment_means(tf.float(), lab, k)
+        v_all.append(v.reshape(-1, v.shape[-1]))
+        t_all.append(tm.reshape(-1, tm.shape[-1]))
+        counts.append(c.reshape(-1))
+    counts = torch.cat(counts)
+    valid = counts > 0
+    remap = torch.cumsum(valid.long(), 0) - 1
+    V, T = torch.cat(v_all)[valid], torch.cat(t_all)[valid]
+    base = torch.arange(B, device=device)[:, None] * k
+    own = [labels[0].to(device) + base, labels[1].to(device) + base + B * k]  # global ids
+    pos = []
+    for a, b in ((0, 1), (1, 0)):
+        c = corr[a].to(device)
+        other = torch.gather(own[b], 1, c.clamp(min=0))
+        other = torch.where(c >= 0, other, torch.full_like(other, -1))
+        pos.append(torch.stack([own[a], other], -1).reshape(-1, 2))
+    pos = torch.cat(pos)
+    pos = torch.where(pos >= 0, remap[pos.clamp(min=0)], pos)
+    Z = torch.cat([z.reshape(-1, z.shape[-1]) for z in zs]).float()
+    out = {}
+    zero = Z.new_zeros(())
+    out["contrastive"] = (
+        contrastive_loss(Z, V, pos, cfg.concentration) if cfg.w_contrastive else zero
+    )
+    out["embedding"] = embedding_consistency(V, T) if cfg.w_embedding else zero
+    if cfg.w_semantic:
+        protos = teacher.known
+        if unknown is not None and len(unknown.protos):
+            protos = torch.cat([protos, unknown.protos.to(device)])
+        out["semantic"] = semantic_consistency(V, T, protos, cfg.student_scale, cfg.teacher_scale)
+    else:
+        out["semantic"] = zero
+    if unknown is not None:
+        unknown.observe(T, teacher.known, cfg.teacher_scale)
+    out["total"] = (
+        cfg.w_contrastive * out["contrastive"]
+        + cfg.w_embedding * out["embedding"]
+        + cfg.w_semantic * out["semantic"]
+    )
+    return out
+
+
+# ---------------------------------------------------------------- checkpoints
+def _rng_state(gen: torch.Generator) -> dict:
+    return {
+        "gen": gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(gen: torch.Generator, s: dict) -> None:
+    gen.set_state(s["gen"])
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def save_checkpoint(path: Path, state: dict, keep: int) -> None:
+    """Write atomically (temp file + rename), then keep the newest ``keep``."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    ckpts = sorted(path.parent.glob("step_*.pt"))
+    for old in ckpts[:-keep] if keep > 0 else []:
+        old.unlink()
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted(out.glob("step_*.pt"))
+    return ckpts[-1] if ckpts else None
+
+
+# ---------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Run (or continue) a training; returns the last checkpoint's path.
+
+    ``stop_after``: return after this many steps of this call (tests simulate a kill)."""
+    from tqdm import tqdm
+
+    from train.data import make_source
+    from train.models.student import build_student
+    from train.prototypes import UnknownPrototypes
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = Teacher(cfg, device)
+    student = build_student(
+        cfg.backbone,
+        teacher.embed_dim,
+        teacher.model.visual,
+        cfg.stride,
+        cfg.decoder_width,
+        cfg.imagenet_init,
+    ).to(device)
+    source = make_source(cfg.data, cfg.teacher_size, cfg.toy_seed, cfg.toy_pool)
+    unknown = (
+        UnknownPrototypes(
+            cfg.unknown_prototypes,
+            teacher.embed_dim,
+            explain_threshold=cfg.unknown_threshold,
+            refresh_every=cfg.unknown_refresh,
+            seed=cfg.seed,
+        )
+        if cfg.unknown_prototypes
+        else None
+    )
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+        ),
+    )
+    step = 0
+    if resume:
+        ckpt_path = latest_checkpoint(out)
+        if ckpt_path is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint in {out}; drop --resume to start fresh"
+            )
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt["model_hash"] != cfg.model_hash():
+            raise ValueError(
+                f"{ckpt_path} was written by another configuration (model fields "
+                f"differ: saved {ckpt['model_hash']}, now {cfg.model_hash()}); resume "
+                "with the same preset and overrides, or use a new --out"
+            )
+        student.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if unknown is not None:
+            unknown.load_state_dict(ckpt["unknown"])
+        _set_rng_state(gen, ckpt["rng"])
+        step = ckpt["step"]
+    log_path = out / "metrics.csv"
+    new_log = not log_path.exists() or step == 0
+    log = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(
+            ["step", "total", "contrastive", "embedding", "semantic", "lr", "s_per_step"]
+        )
+    student.train()
+    last = None
+    done = 0
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=None)
+    t0 = time.time()
+    try:
+        while step < cfg.steps and (stop_after is None or done < stop_after):
+            images = source.batch(cfg.batch, gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                losses = step_losses(student, teacher, unknown, images, cfg, gen, device)
+            if not torch.isfinite(losses["total"]):
+                parts = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+                raise RuntimeError(
+                    f"loss is {losses['total'].item()} at step {step} ({parts}); stopped, the "
+                    f"last good checkpoint in {out} is intact. Lower --lr or --concentration."
+                )
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+            opt.step()
+            sched.step()
+            step += 1
+            done += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                writer.writerow(
+                    [step]
+                    + [
+                        f"{losses[k].item():.5f}"
+                        for k in ("total", "contrastive", "embedding", "semantic")
+                    ]
+                    + [f"{sched.get_last_lr()[0]:.3e}", f"{(time.time() - t0) / done:.3f}"]
+                )
+                log.flush()
+            if (
+                step % cfg.ckpt_every == 0
+                or step == cfg.steps
+                or (stop_after and done == stop_after)
+            ):
+                last = out / f"step_{step:07d}.pt"
+                save_checkpoint(
+                    last,
+                    {
+                        "model": student.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "step": step,
+                        "rng": _rng_state(gen),
+                        "unknown": unknown.state_dict() if unknown is not None else None,
+                        "config": cfg.to_dict(),
+                        "model_hash": cfg.model_hash(),
+                        "teacher": {
+                            "name": teacher.name,
+                            "pretrained": cfg.pretrained,
+                            "embed_dim": teacher.embed_dim,
+                            "mean": teacher.mean,
+                            "std": teacher.std,
+                            "known_classes": teacher.classes,
+                        },
+                        "skipped_images": source.skipped,
+                    },
+                    cfg.keep,
+                )
+    finally:
+        bar.close()
+        log.close()
+    if source.skipped:
+        print(f"skipped {source.skipped} unreadable image files")
+    return last or latest_checkpoint(out)

@@ -1,0 +1,82 @@
+"""Known and unknown prototypes for the semantic consistency loss.
+
+Known prototypes: text embeddings of the known class names, prompt-ensembled
+(templates averaged per class, DESIGN.md), fixed.
+
+Unknown prototypes (how they are learned): a teacher segment feature is
+"unexplained" when the teacher's softmax over the *known* prototypes gives its best
+class a probability under ``explain_threshold``. Unexplained features enter a FIFO
+memory of ``memory`` vectors. Every ``refresh_every`` steps, once the memory holds at
+least ``4 * count`` vectors, spherical k-means with ``count`` clusters runs on it; the
+new centroids are matched to the current prototypes (Hungarian, by cosine) and
+blended in with momentum ``momentum`` (the first time they are taken as they are).
+Until then no unknown prototype exists and the semantic loss uses the known ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def text_prototypes(encode_text, tokenize, classes, templates) -> torch.Tensor:
+    """(K, D) unit prototypes: per class, mean of unit prompt embeddings, re-normalised."""
+    with torch.no_grad():
+        prompts = [t.format(c) for c in classes for t in templates]
+        emb = F.normalize(encode_text(tokenize(prompts)).float(), dim=-1)
+        emb = emb.reshape(len(classes), len(templates), -1).mean(1)
+    return F.normalize(emb, dim=-1)
+
+
+class UnknownPrototypes:
+    def __init__(
+        self,
+        count: int,
+        dim: int,
+        memory: int = 4096,
+        explain_threshold: float = 0.5,
+        refresh_every: int = 50,
+        momentum: float = 0.5,
+        seed: int = 0,
+    ):
+        self.count, self.dim = count, dim
+        self.memory = torch.zeros(0, dim)
+        self.capacity, self.threshold = memory, explain_threshold
+        self.refresh_every, self.momentum = refresh_every, momentum
+        self.protos = torch.zeros(0, dim)
+        self.seed = seed
+        self.updates = 0
+
+    @torch.no_grad()
+    def observe(self, t: torch.Tensor, known: torch.Tensor, teacher_scale: float) -> int:
+        """Add the unexplained rows of teacher segment features t (M, D); returns how many."""
+        t = F.normalize(t.detach().float().cpu(), dim=-1)
+        p = torch.softmax(teacher_scale * t @ known.cpu().T, dim=-1).max(-1).values
+        new = t[p < self.threshold]
+        self.memory = torch.cat([self.memory, new])[-self.capacity :]
+        self.updates += 1
+        if self.count and self.updates % self.refresh_every == 0:
+            self.refresh()
+        return len(new)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        from scipy.optimize import linear_sum_assignment
+
+        from train.evaluate import spherical_kmeans
+
+        if len(self.memory) < 4 * self.count:
+            return
+        cent = torch.from_numpy(spherical_kmeans(self.memory.numpy(), self.count, seed=self.seed))
+        if len(self.protos) == self.count:
+            rows, cols = linear_sum_assignment((self.protos @ cent.T).numpy(), maximize=True)
+            cent = cent[cols[np.argsort(rows)]]
+            cent = F.normalize(self.momentum * self.protos + (1 - self.momentum) * cent, dim=-1)
+        self.protos = cent
+
+    def state_dict(self) -> dict:
+        return {"memory": self.memory, "protos": self.protos, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory, self.protos, self.updates = state["memory"], state["protos"], state["updates"]
