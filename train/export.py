@@ -156,6 +156,21 @@ def export_bundle(
     return bundle, errs
 
 
+def _clip_info(model, mean, std, templates, threshold, background, **fields) -> dict:
+    """BundleInfo fields shared by every export of an open_clip CLIP's towers."""
+    return dict(
+        embed_dim=int(model.visual.output_dim),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        mean=tuple(mean),
+        std=tuple(std),
+        context_length=int(model.context_length),
+        prompt_templates=tuple(TEMPLATE_SETS[templates]),
+        background_threshold=float(threshold),
+        background_classes=tuple(background),
+        **fields,
+    )
+
+
 def export_dense_clip(
     model,
     name,
@@ -177,18 +192,16 @@ def export_dense_clip(
     image = DenseCLIPImage(model.visual, mode, mean, std)
     text = CLIPText(model)
     native = max(model.visual.image_size)
-    info = dict(
+    info = _clip_info(
+        model,
+        mean,
+        std,
+        templates,
+        threshold,
+        background,
         kind=mode,
-        embed_dim=int(model.visual.output_dim),
         stride=image.stride,
         input_size=int(input_size or 2 * native),
-        logit_scale=float(model.logit_scale.detach().exp()),
-        mean=tuple(mean),
-        std=tuple(std),
-        context_length=int(model.context_length),
-        prompt_templates=tuple(TEMPLATE_SETS[templates]),
-        background_threshold=float(threshold),
-        background_classes=tuple(background),
         provenance={"teacher": name, "pretrained": pretrained, "dense": mode},
     )
     if info["input_size"] < image.stride:
@@ -220,18 +233,16 @@ def export_student(
     student.load_state_dict(ckpt["model"])
     image = UInt8Input(student.eval(), mean, std)
     templates = templates or cfg.templates
-    info = dict(
+    info = _clip_info(
+        model,
+        mean,
+        std,
+        templates,
+        threshold,
+        background,
         kind="clip-s4",
-        embed_dim=int(model.visual.output_dim),
         stride=int(student.stride),
         input_size=int(input_size or cfg.teacher_size),
-        logit_scale=float(model.logit_scale.detach().exp()),
-        mean=tuple(mean),
-        std=tuple(std),
-        context_length=int(model.context_length),
-        prompt_templates=tuple(TEMPLATE_SETS[templates]),
-        background_threshold=float(threshold),
-        background_classes=tuple(background),
         known_classes=tuple(ckpt["teacher"]["known_classes"]),
         provenance={
             "teacher": name,

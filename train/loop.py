@@ -38,14 +38,15 @@ def read_classes(spec: str) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"known-class file not found: {path}; set --known_classes=FILE")
-    lines = path.read_text().splitlines()
-    names = [n.strip() for n in lines]
+    from clips4rt.segmenter import check_classes
+
+    names = [n.strip() for n in path.read_text().splitlines()]
     if any(not n for n in names):
         raise ValueError(f"{path}: empty line {names.index('') + 1}; one class name a line")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{path}: duplicate class names {dupes}")
-    return names
+    try:
+        return check_classes(names)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 class Teacher:
