@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             input_size=args.input_size,
             fp16=args.fp16,
-            templates=args.templates,
+            templates=args.templates or "imagenet",
             threshold=args.threshold,
             background=background,
         )
