@@ -10,7 +10,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clips4rt.errors import ImageError
 
-ImageLike = "str | os.PathLike | PIL.Image.Image | np.ndarray"
 EXPECTED = (
     "an image file path, a PIL image, or a numpy array HxWx3 uint8 RGB "
     "(HxW or HxWx1 uint8 is read as grayscale)"

@@ -198,7 +198,8 @@ class Segmenter:
                 f"image is {w}x{h} pixels, smaller than one {s}x{s} patch of the model"
             )
         scale = size / min(h, w)
-        return tuple(int(min(4 * size, max(s, round(n * scale / s) * s))) for n in (h, w))
+        cap = (4 * size // s) * s
+        return tuple(int(min(cap, max(s, round(n * scale / s) * s))) for n in (h, w))
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Run the image graph: (B, H, W, 3) uint8 -> (B, D, H/stride, W/stride) float32."""

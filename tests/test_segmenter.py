@@ -173,7 +173,9 @@ def test_working_size(seg):
     h, w = seg.working_size(45, 70)
     assert h % s == 0 and w % s == 0 and min(h, w) == seg.info.input_size
     h, w = seg.working_size(10, 5000)
-    assert w <= 4 * seg.info.input_size
+    assert w <= 4 * seg.info.input_size and w % s == 0 and h % s == 0
+    h, w = seg.working_size(10, 5000, size=45)  # 4 * 45 = 180 is no multiple of 8
+    assert (h, w) == (48, 176)
 
 
 def test_providers(bundles):
