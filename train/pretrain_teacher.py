@@ -1,7 +1,7 @@
 """Pretrain the toy-world CLIP teacher: a small open_clip CLIP, contrastive on toy
 scenes and their captions, on the CPU.
 
-    python -m train.pretrain_teacher --out train/assets            # ~26 min on 2 cores
+    python -m train.pretrain_teacher --out train/assets            # ~25 min on 2 cores
 
 Real open_clip model code and BPE tokenizer; the model config is an open_clip JSON
 (``train/configs/toy-teacher.json``). Writes ``<out>/toy-teacher.pt`` (open_clip
