@@ -54,9 +54,17 @@ def test_correspondence_points_to_the_same_image_point():
 def test_jitter_keeps_range_and_changes_colours():
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(8, 3, 10, 10)
-    y = A.jitter(x.clone(), A.AugmentConfig(), gen)
+    y = A.jitter(x.clone(), A.jitter_params(8, A.AugmentConfig(), gen))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
     assert not torch.allclose(x, y)
+    still = {
+        "brightness": torch.ones(8),
+        "contrast": torch.ones(8),
+        "saturation": torch.ones(8),
+        "hue": torch.zeros(8),
+        "blur": torch.zeros(8, dtype=torch.bool),
+    }
+    torch.testing.assert_close(A.jitter(x.clone(), still), x)  # identity parameters
 
 
 def test_kmeans_separates_clear_clusters():

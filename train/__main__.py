@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -16,16 +17,21 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     try:
         cfg = load_config(args.preset, rest)
+        from train import distributed
         from train.loop import train
 
-        last = train(cfg, resume=args.resume)
+        try:
+            last = train(cfg, resume=args.resume)
+        finally:
+            distributed.cleanup()
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"last checkpoint: {last}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"last checkpoint: {last}")
     return 0
 
 

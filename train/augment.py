@@ -63,28 +63,34 @@ def warp(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.T
     return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)
 
 
-def jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Photometric jitter of (n, 3, h, w) images in [0, 1]."""
-    n = x.shape[0]
-    u = lambda a: 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * a  # noqa: E731
-    x = x * u(cfg.brightness)
+def jitter_params(n: int, cfg: AugmentConfig, gen: torch.Generator) -> dict:
+    """Random photometric parameters of n images (drawn for a whole global batch, so
+    that every rank of a distributed run can take its own slice)."""
+    u = lambda a: 1 + (torch.rand(n, generator=gen) * 2 - 1) * a  # noqa: E731
+    return {
+        "brightness": u(cfg.brightness),
+        "contrast": u(cfg.contrast),
+        "saturation": u(cfg.saturation),
+        "hue": (torch.rand(n, generator=gen) * 2 - 1) * cfg.hue * 2 * torch.pi,
+        "blur": torch.rand(n, generator=gen) < cfg.blur,
+    }
+
+
+def jitter(x: torch.Tensor, p: dict) -> torch.Tensor:
+    """Photometric jitter of (n, 3, h, w) images in [0, 1] with parameters ``p``
+    (``jitter_params``, n rows): brightness, contrast, saturation, hue rotation, blur."""
+    col = lambda t: t[:, None, None, None]  # noqa: E731
+    x = x * col(p["brightness"])
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * u(cfg.contrast) + mean
+    x = (x - mean) * col(p["contrast"]) + mean
     gray = x.mean(dim=1, keepdim=True)
-    x = (x - gray) * u(cfg.saturation) + gray
-    if cfg.hue > 0:  # rotate chroma around the gray axis
-        angle = (torch.rand(n, generator=gen) * 2 - 1) * cfg.hue * 2 * torch.pi
-        c, s = torch.cos(angle), torch.sin(angle)
-        k = torch.full((n,), 1 / 3**0.5)
-        # Rodrigues rotation about the (1, 1, 1) axis
-        kx = torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / 3**0.5
-        rot = (
-            c[:, None, None] * torch.eye(3)
-            + s[:, None, None] * kx
-            + (1 - c)[:, None, None] * (k[:, None, None] ** 2) * torch.ones(3, 3)
-        )
-        x = torch.einsum("nij,njhw->nihw", rot, x)
-    blur = torch.rand(n, generator=gen) < cfg.blur
+    x = (x - gray) * col(p["saturation"]) + gray
+    # rotate chroma around the gray axis k = (1, 1, 1)/sqrt(3) (Rodrigues)
+    c, s = torch.cos(p["hue"])[:, None, None], torch.sin(p["hue"])[:, None, None]
+    kx = torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / 3**0.5
+    rot = c * torch.eye(3) + s * kx + (1 - c) * torch.full((3, 3), 1 / 3)
+    x = torch.einsum("nij,njhw->nihw", rot, x)
+    blur = p["blur"]
     if blur.any():
         x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     return x.clamp(0, 1)

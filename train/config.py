@@ -38,6 +38,7 @@ class TrainConfig:
     backbone: str = "resnet18"
     stride: int = 8
     decoder_width: int = 128
+    decoder_norm: str = "bn"  # bn | gn
     imagenet_init: bool = False
     # losses
     segments: int = 8  # k-means segments per view
@@ -74,6 +75,7 @@ class TrainConfig:
         "backbone",
         "stride",
         "decoder_width",
+        "decoder_norm",
         "segments",
         "unknown_prototypes",
         "image_size",

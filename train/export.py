@@ -228,7 +228,12 @@ def export_student(
     cfg = TrainConfig(**ckpt["config"])
     model, name, mean, std = load_clip(cfg.clip, cfg.pretrained, cfg.model_config)
     student = build_student(
-        cfg.backbone, int(model.visual.output_dim), model.visual, cfg.stride, cfg.decoder_width
+        cfg.backbone,
+        int(model.visual.output_dim),
+        model.visual,
+        cfg.stride,
+        cfg.decoder_width,
+        norm=cfg.decoder_norm,
     )
     student.load_state_dict(ckpt["model"])
     image = UInt8Input(student.eval(), mean, std)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from train import augment as A
+from train import distributed as D
 from train.config import TrainConfig
 from train.losses import contrastive_loss, embedding_consistency, semantic_consistency
 from train.segments import kmeans_segments, segment_means
@@ -78,67 +79,92 @@ class Teacher:
         return self.dense(images)
 
 
-def _views(images, boxes, cfg, gen, device):
+def _views(images, boxes, jitter, cfg, device):
     """Augmented, normalised views (B, 3, s, s) of uint8 full images."""
     x = images.permute(0, 3, 1, 2).float().div(255)
-    g = A.grids(boxes, cfg.image_size, cfg.image_size)
-    v = A.jitter(A.warp(x, g), A.AugmentConfig(size=cfg.image_size), gen)
+    v = A.jitter(A.warp(x, A.grids(boxes, cfg.image_size, cfg.image_size)), jitter)
     return ((v - MEAN) / STD).to(device)
 
 
-def step_losses(student, teacher, unknown, images, cfg, gen, device) -> dict:
-    """All losses of one step (a dict of scalar tensors, 'total' included)."""
-    B = images.shape[0]
-    t_full = teacher.features(images.to(device))  # (B, D, ht, wt), no grad
-    boxes = [A.sample_boxes(B, A.AugmentConfig(size=cfg.image_size), gen) for _ in range(2)]
-    zs, ts, labels = [], [], []
-    for bx in boxes:
-        z = student(_views(images, bx, cfg, gen, device))  # (B, D, h, w)
+def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, world=1) -> dict:
+    """All losses of one step (a dict of scalar tensors, 'total' included).
+
+    ``images`` is the global batch; this rank embeds its slice. Every random draw is
+    made for the whole batch, segments are gathered from all ranks (negatives span the
+    global batch) and sums are divided by global counts times ``world``, so that DDP's
+    gradient average equals one process's gradient on the whole batch."""
+    Bg = images.shape[0]
+    b = Bg // world
+    mine = slice(rank * b, (rank + 1) * b)
+    aug = A.AugmentConfig(size=cfg.image_size)
+    boxes = [A.sample_boxes(Bg, aug, gen)[mine] for _ in range(2)]
+    jits = [{k: t[mine] for k, t in A.jitter_params(Bg, aug, gen).items()} for _ in range(2)]
+    seeds = [torch.rand(Bg, generator=gen)[mine] for _ in range(2)]
+    local = images[mine]
+    t_full = teacher.features(local.to(device))  # (b, D, ht, wt), no grad
+    k = cfg.segments
+    zs, v_views, t_views, own = [], [], [], []
+    offset = 0
+    for bx, jp, seed in zip(boxes, jits, seeds):
+        z = student(_views(local, bx, jp, cfg, device))  # (b, D, h, w)
         h, w = z.shape[-2:]
         t = F.normalize(A.warp(t_full, A.grids(bx, h, w).to(device)), dim=1)
-        zf, tf = z.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)  # (B, P, D)
+        zf, tf = z.flatten(2).transpose(1, 2).float(), t.flatten(2).transpose(1, 2).float()
+        first = (seed * h * w).long().clamp(max=h * w - 1)
+        lab = kmeans_segments(zf.detach(), k, first=first).to(device)
+        v, counts = segment_means(zf, lab, k)
+        tm, _ = segment_means(tf, lab, k)
+        valid = counts.reshape(-1) > 0
+        remap = torch.cumsum(valid.long(), 0) - 1 + offset  # segment id within this rank
+        ids = lab + torch.arange(b, device=device)[:, None] * k
+        own.append(remap[ids])
+        offset += int(valid.sum())
         zs.append(zf)
-        ts.append(tf)
-        labels.append(kmeans_segments(zf.detach(), cfg.segments, gen=gen))
-    k = cfg.segments
+        v_views.append(v.reshape(-1, v.shape[-1])[valid])
+        t_views.append(tm.reshape(-1, tm.shape[-1])[valid])
     corr = [A.correspondence(boxes[0], boxes[1], h, w), A.correspondence(boxes[1], boxes[0], h, w)]
-    v_all, t_all, counts = [], [], []
-    for zf, tf, lab in zip(zs, ts, labels):
-        v, c = segment_means(zf.float(), lab, k)
-        tm, _ = segment_means(tf.float(), lab, k)
-        v_all.append(v.reshape(-1, v.shape[-1]))
-        t_all.append(tm.reshape(-1, tm.shape[-1]))
-        counts.append(c.reshape(-1))
-    counts = torch.cat(counts)
-    valid = counts > 0
-    remap = torch.cumsum(valid.long(), 0) - 1
-    V, T = torch.cat(v_all)[valid], torch.cat(t_all)[valid]
-    base = torch.arange(B, device=device)[:, None] * k
-    own = [labels[0].to(device) + base, labels[1].to(device) + base + B * k]  # global ids
     pos = []
-    for a, b in ((0, 1), (1, 0)):
+    for a, o in ((0, 1), (1, 0)):
         c = corr[a].to(device)
-        other = torch.gather(own[b], 1, c.clamp(min=0))
-        other = torch.where(c >= 0, other, torch.full_like(other, -1))
+        other = torch.where(c >= 0, torch.gather(own[o], 1, c.clamp(min=0)), -1)
         pos.append(torch.stack([own[a], other], -1).reshape(-1, 2))
+    V_local, T_local = torch.cat(v_views), torch.cat(t_views)
+    sizes = D.gather_rows(torch.tensor([len(V_local)], device=device))
+    base = int(sizes[:rank].sum())
     pos = torch.cat(pos)
-    pos = torch.where(pos >= 0, remap[pos.clamp(min=0)], pos)
-    Z = torch.cat([z.reshape(-1, z.shape[-1]) for z in zs]).float()
-    out = {}
+    pos = torch.where(pos >= 0, pos + base, pos)
+    V = D.gather_rows(V_local, grad=True)  # every rank's segments: negatives of the batch
+    Z = torch.cat([z.reshape(-1, z.shape[-1]) for z in zs])
+    n_pix = D.all_sum((pos >= 0).any(1).sum().float()).clamp(min=1)
+    n_seg = D.all_sum(torch.tensor(float(len(V_local)), device=device)).clamp(min=1)
     zero = Z.new_zeros(())
+    out = {}
     out["contrastive"] = (
-        contrastive_loss(Z, V, pos, cfg.concentration) if cfg.w_contrastive else zero
+        world * contrastive_loss(Z, V, pos, cfg.concentration, reduction="sum") / n_pix
+        if cfg.w_contrastive
+        else zero
     )
-    out["embedding"] = embedding_consistency(V, T) if cfg.w_embedding else zero
+    out["embedding"] = (
+        world * embedding_consistency(V_local, T_local, reduction="sum") / n_seg
+        if cfg.w_embedding
+        else zero
+    )
     if cfg.w_semantic:
         protos = teacher.known
         if unknown is not None and len(unknown.protos):
             protos = torch.cat([protos, unknown.protos.to(device)])
-        out["semantic"] = semantic_consistency(V, T, protos, cfg.student_scale, cfg.teacher_scale)
+        out["semantic"] = (
+            world
+            * semantic_consistency(
+                V_local, T_local, protos, cfg.student_scale, cfg.teacher_scale, reduction="sum"
+            )
+            / n_seg
+        )
     else:
         out["semantic"] = zero
-    if unknown is not None:
-        unknown.observe(T, teacher.known, cfg.teacher_scale)
+    if unknown is not None:  # view-major order, as one process would see the batch
+        T_all = torch.cat([D.gather_rows(t) for t in t_views])
+        unknown.observe(T_all, teacher.known, cfg.teacher_scale)
     out["total"] = (
         cfg.w_contrastive * out["contrastive"]
         + cfg.w_embedding * out["embedding"]
@@ -190,7 +216,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     from train.models.student import build_student
     from train.prototypes import UnknownPrototypes
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, device = D.setup()
+    if cfg.batch % world:
+        raise ValueError(f"--batch={cfg.batch} must be a multiple of the {world} processes")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -205,7 +233,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         cfg.stride,
         cfg.decoder_width,
         cfg.imagenet_init,
+        norm=cfg.decoder_norm,
     ).to(device)
+    model = student
+    if world > 1:  # same initial weights on every rank (same seed; DDP broadcasts too)
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            student = model
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     source = make_source(cfg.data, cfg.teacher_size, cfg.toy_seed, cfg.toy_pool)
     unknown = (
         UnknownPrototypes(
@@ -247,25 +284,30 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             unknown.load_state_dict(ckpt["unknown"])
         _set_rng_state(gen, ckpt["rng"])
         step = ckpt["step"]
-    log_path = out / "metrics.csv"
-    new_log = not log_path.exists() or step == 0
-    log = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(log)
-    if new_log:
-        writer.writerow(
-            ["step", "total", "contrastive", "embedding", "semantic", "lr", "s_per_step"]
-        )
-    student.train()
+    main = rank == 0  # only rank 0 writes
+    log = None
+    if main:
+        log_path = out / "metrics.csv"
+        new_log = not log_path.exists() or step == 0
+        log = open(log_path, "w" if new_log else "a", newline="")
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(
+                ["step", "total", "contrastive", "embedding", "semantic", "lr", "s_per_step"]
+            )
+    model.train()
     last = None
     done = 0
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=None)
+    bar = tqdm(
+        total=cfg.steps, initial=step, desc="train", unit="step", disable=None if main else True
+    )
     t0 = time.time()
     try:
         while step < cfg.steps and (stop_after is None or done < stop_after):
             images = source.batch(cfg.batch, gen)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                losses = step_losses(student, teacher, unknown, images, cfg, gen, device)
-            if not torch.isfinite(losses["total"]):
+                losses = step_losses(model, teacher, unknown, images, cfg, gen, device, rank, world)
+            if D.all_sum(torch.isfinite(losses["total"].detach()).float()) < world:
                 parts = {k: round(float(v.detach()), 4) for k, v in losses.items()}
                 raise RuntimeError(
                     f"loss is {losses['total'].item()} at step {step} ({parts}); stopped, the "
@@ -280,47 +322,51 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             done += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                writer.writerow(
-                    [step]
-                    + [
-                        f"{losses[k].item():.5f}"
-                        for k in ("total", "contrastive", "embedding", "semantic")
-                    ]
-                    + [f"{sched.get_last_lr()[0]:.3e}", f"{(time.time() - t0) / done:.3f}"]
-                )
-                log.flush()
+                keys = ("total", "contrastive", "embedding", "semantic")
+                vals = [float(D.all_sum(losses[k].detach())) / world for k in keys]
+                if main:
+                    writer.writerow(
+                        [step]
+                        + [f"{v:.5f}" for v in vals]
+                        + [f"{sched.get_last_lr()[0]:.3e}", f"{(time.time() - t0) / done:.3f}"]
+                    )
+                    log.flush()
             if (
                 step % cfg.ckpt_every == 0
                 or step == cfg.steps
                 or (stop_after and done == stop_after)
             ):
                 last = out / f"step_{step:07d}.pt"
-                save_checkpoint(
-                    last,
-                    {
-                        "model": student.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "step": step,
-                        "rng": _rng_state(gen),
-                        "unknown": unknown.state_dict() if unknown is not None else None,
-                        "config": cfg.to_dict(),
-                        "model_hash": cfg.model_hash(),
-                        "teacher": {
-                            "name": teacher.name,
-                            "pretrained": cfg.pretrained,
-                            "embed_dim": teacher.embed_dim,
-                            "mean": teacher.mean,
-                            "std": teacher.std,
-                            "known_classes": teacher.classes,
+                D.barrier()
+                if main:
+                    save_checkpoint(
+                        last,
+                        {
+                            "model": student.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(),
+                            "step": step,
+                            "rng": _rng_state(gen),
+                            "unknown": unknown.state_dict() if unknown is not None else None,
+                            "config": cfg.to_dict(),
+                            "model_hash": cfg.model_hash(),
+                            "teacher": {
+                                "name": teacher.name,
+                                "pretrained": cfg.pretrained,
+                                "embed_dim": teacher.embed_dim,
+                                "mean": teacher.mean,
+                                "std": teacher.std,
+                                "known_classes": teacher.classes,
+                            },
+                            "skipped_images": source.skipped,
                         },
-                        "skipped_images": source.skipped,
-                    },
-                    cfg.keep,
-                )
+                        cfg.keep,
+                    )
+                D.barrier()
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
     if source.skipped:
         print(f"skipped {source.skipped} unreadable image files")
     return last or latest_checkpoint(out)

@@ -9,18 +9,31 @@ import torch.nn.functional as F
 from kernels.contrastive import pixel_segment_contrastive
 
 
-def contrastive_loss(z: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, concentration: float):
-    """Mean over pixels with positives of -log(sum_{S+} e^{k z.v} / sum_all e^{k z.v}).
+def contrastive_loss(
+    z: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    concentration: float,
+    reduction: str = "mean",
+):
+    """-log(sum_{S+} e^{k z.v} / sum_all e^{k z.v}), mean (or sum) over pixels with positives.
 
     z (N, D) pixel embeddings, v (M, D) segment embeddings, pos (N, P) positive segment
     indices (-1 = none). Triton kernels on CUDA, the torch reference elsewhere."""
-    return pixel_segment_contrastive(z, v, pos, scale=concentration)
+    return pixel_segment_contrastive(z, v, pos, scale=concentration, reduction=reduction)
 
 
-def embedding_consistency(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Mean (1 - cos) between student segment embeddings v (M, D) and the teacher's
-    segment features t (M, D) (no gradient to the teacher)."""
-    return (1 - (F.normalize(v, dim=-1) * F.normalize(t.detach(), dim=-1)).sum(-1)).mean()
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return x.mean() if reduction == "mean" else x.sum()
+
+
+def embedding_consistency(v: torch.Tensor, t: torch.Tensor, reduction: str = "mean"):
+    """Mean (or sum) of 1 - cos between student segment embeddings v (M, D) and the
+    teacher's segment features t (M, D) (no gradient to the teacher)."""
+    cos = (F.normalize(v, dim=-1) * F.normalize(t.detach(), dim=-1)).sum(-1)
+    return _reduce(1 - cos, reduction)
 
 
 def semantic_consistency(
@@ -29,9 +42,10 @@ def semantic_consistency(
     protos: torch.Tensor,
     student_scale: float,
     teacher_scale: float,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy of the student's prediction over the prototypes (known text
     embeddings + unknown prototypes, (K, D)) to the teacher's, per segment."""
     target = torch.softmax(teacher_scale * F.normalize(t.detach(), dim=-1) @ protos.T, dim=-1)
     logp = torch.log_softmax(student_scale * F.normalize(v, dim=-1) @ protos.T, dim=-1)
-    return -(target * logp).sum(-1).mean()
+    return _reduce(-(target * logp).sum(-1), reduction)

@@ -12,13 +12,18 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def kmeans_segments(
-    z: torch.Tensor, k: int, iters: int = 10, gen: torch.Generator | None = None
+    z: torch.Tensor,
+    k: int,
+    iters: int = 10,
+    gen: torch.Generator | None = None,
+    first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Spherical k-means of each image's pixel embeddings.
 
     Args:
         z: (B, P, D) unit-length pixel embeddings.
         k: segments per image (k <= P).
+        first: (B,) index of each image's first seed pixel (default: drawn from gen).
     Returns:
         (B, P) int64 segment index in [0, k) of every pixel.
     """
@@ -28,7 +33,9 @@ def kmeans_segments(
     z = z.float()
     # farthest-point seeding: a random first pixel, then each next one the pixel least
     # similar to the centroids so far (random seeding often puts two in one cluster)
-    first = torch.randint(P, (B,), generator=gen).to(z.device)
+    if first is None:
+        first = torch.randint(P, (B,), generator=gen)
+    first = first.to(z.device)
     cent = z[torch.arange(B, device=z.device), first][:, None, :]
     best = torch.einsum("bpd,bkd->bpk", z, cent)[..., 0]
     for _ in range(1, k):

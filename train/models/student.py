@@ -33,11 +33,15 @@ CNN_BACKBONES = (
 BACKBONES = CNN_BACKBONES + ("vit",)
 
 
-def _conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+NORMS = ("bn", "gn")
+
+
+def _conv(cin: int, cout: int, k: int = 3, norm: str = "bn") -> nn.Sequential:
+    if norm not in NORMS:
+        raise ValueError(f"unknown decoder norm {norm!r}; choose one of {NORMS}")
+    layer = nn.BatchNorm2d(cout) if norm == "bn" else nn.GroupNorm(min(32, cout // 4), cout)
     return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), layer, nn.ReLU(inplace=True)
     )
 
 
@@ -51,6 +55,7 @@ class FPNStudent(nn.Module):
         stride: int = 8,
         width: int = 128,
         pretrained: bool = False,
+        norm: str = "bn",
     ):
         super().__init__()
         import timm
@@ -65,8 +70,8 @@ class FPNStudent(nn.Module):
         keep = [i for i, r in enumerate(reductions) if r >= stride]
         self.levels = keep
         self.lateral = nn.ModuleList(nn.Conv2d(channels[i], width, 1) for i in keep)
-        self.smooth = _conv(width, width)
-        self.head = nn.Sequential(_conv(width, width), nn.Conv2d(width, embed_dim, 1))
+        self.smooth = _conv(width, width, norm=norm)
+        self.head = nn.Sequential(_conv(width, width, norm=norm), nn.Conv2d(width, embed_dim, 1))
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,16 +94,16 @@ class FPNStudent(nn.Module):
 class ViTStudent(nn.Module):
     """The teacher's ViT (trainable copy) + 2x pixel decoder: stride = patch / 2."""
 
-    def __init__(self, visual: nn.Module, embed_dim: int, width: int = 128):
+    def __init__(self, visual: nn.Module, embed_dim: int, width: int = 128, norm: str = "bn"):
         super().__init__()
         self.visual = copy.deepcopy(visual)
         self.grid = tuple(self.visual.grid_size)
         self.patch = self.visual.patch_size[0]
         self.stride = self.patch // 2
         self.decoder = nn.Sequential(
-            _conv(embed_dim, width),
+            _conv(embed_dim, width, norm=norm),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            _conv(width, width),
+            _conv(width, width, norm=norm),
             nn.Conv2d(width, embed_dim, 1),
         )
 
@@ -142,12 +147,16 @@ def build_student(
     stride: int = 8,
     width: int = 128,
     pretrained: bool = False,
+    norm: str = "bn",
 ) -> nn.Module:
-    """Registry: a student by backbone name (see ``BACKBONES``)."""
+    """Registry: a student by backbone name (see ``BACKBONES``). ``norm``: the
+    decoder's normalisation, "bn" or "gn" (GroupNorm: no batch statistics, so a
+    distributed run computes what one process would; the vit student then has no
+    BatchNorm at all)."""
     if backbone == "vit":
         if teacher_visual is None:
             raise ValueError("the vit student needs the teacher's visual tower")
-        return ViTStudent(teacher_visual, embed_dim, width)
+        return ViTStudent(teacher_visual, embed_dim, width, norm)
     if backbone in CNN_BACKBONES:
-        return FPNStudent(embed_dim, backbone, stride, width, pretrained)
+        return FPNStudent(embed_dim, backbone, stride, width, pretrained, norm)
     raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
