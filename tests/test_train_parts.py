@@ -125,3 +125,30 @@ def test_config_presets_and_overrides(tmp_path):
         load_config("toy", ["--steps"])
     assert load_config("toy").model_hash() != load_config("toy", ["--backbone=vit"]).model_hash()
     assert load_config("toy").model_hash() == load_config("toy", ["--steps=3"]).model_hash()
+
+
+def test_unknown_prototypes_learn_the_unexplained_clusters():
+    from train.prototypes import UnknownPrototypes
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.eye(8)
+    known = basis[:4]  # four known classes on axes 0-3 (a feature none explains: p = 1/4)
+    unk = UnknownPrototypes(count=2, dim=8, refresh_every=5, explain_threshold=0.5)
+
+    def noisy(axis, n):
+        return torch.nn.functional.normalize(
+            basis[axis] + 0.05 * torch.randn(n, 8, generator=g), dim=1
+        )
+
+    for _ in range(10):
+        batch = torch.cat([noisy(0, 10), noisy(1, 10), noisy(5, 10), noisy(6, 10)])
+        unk.observe(batch, known, teacher_scale=20.0)
+    # only the features that no known class explains were remembered
+    assert len(unk.memory) == 200 and (unk.memory[:, :4].abs() < 0.3).all()
+    assert unk.protos.shape == (2, 8)
+    hits = sorted(int(i) for i in unk.protos.argmax(1))
+    assert hits == [5, 6]  # one prototype per unexplained cluster
+    state = unk.state_dict()
+    other = UnknownPrototypes(count=2, dim=8)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.protos, unk.protos)
