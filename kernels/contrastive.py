@@ -163,11 +163,7 @@ if HAVE_TRITON:
             else:
                 acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
         z32 = z.to(tl.float32)
-        any_pos = tl.zeros((BN,), tl.int1)
-        for j in tl.static_range(NPOS):
-            idx = tl.load(POS + rn * NPOS + j, mask=mn, other=-1)
-            any_pos = any_pos | (idx >= 0)
-        g = tl.where(any_pos, g, 0.0) * scale
+        g = g * scale  # G is already 0 for pixels without positives (see backward)
         for j in tl.static_range(NPOS):
             idx = tl.load(POS + rn * NPOS + j, mask=mn, other=-1)
             ok = idx >= 0
@@ -190,7 +186,6 @@ if HAVE_TRITON:
     def _bwd_dv_kernel(
         Z,
         V,
-        POS,
         G,
         LSE,
         DV,
@@ -199,7 +194,6 @@ if HAVE_TRITON:
         D,
         scale,
         CHUNK,
-        NPOS: tl.constexpr,
         BN: tl.constexpr,
         BM: tl.constexpr,
         BD: tl.constexpr,
@@ -221,10 +215,6 @@ if HAVE_TRITON:
                 Z + rn[:, None] * D + rd[None, :], mask=mn[:, None] & md[None, :], other=0.0
             )
             g = tl.load(G + rn, mask=mn, other=0.0)
-            any_pos = tl.zeros((BN,), tl.int1)
-            for j in tl.static_range(NPOS):
-                any_pos = any_pos | (tl.load(POS + rn * NPOS + j, mask=mn, other=-1) >= 0)
-            g = tl.where(any_pos, g, 0.0)
             lse = tl.load(LSE + rn, mask=mn, other=0.0)
             s = _dot_t(v, z, UPCAST, PREC) * scale  # (BM, BN)
             p = tl.where(mn[None, :], tl.exp(s - lse[None, :]) * g[None, :], 0.0)
@@ -318,11 +308,11 @@ class _ContrastiveFn(torch.autograd.Function):
         (N, D), M = z.shape, v.shape[0]
         BN, BM, BD, warps, stages = ctx.config
         upcast, prec = _precision(z.dtype)
-        g = g.float().contiguous()
+        # pixels without positives have loss 0: zero their gradient once, here
+        g = torch.where((pos >= 0).any(1), g.float(), 0.0).contiguous()
         dz = torch.empty_like(z)
         dv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
         common = dict(
-            NPOS=pos.shape[1],
             BN=BN,
             BM=BM,
             BD=BD,
@@ -333,10 +323,10 @@ class _ContrastiveFn(torch.autograd.Function):
         )
         split, chunk = _dv_split(N, M, BN, BM)
         _bwd_dv_kernel[(triton.cdiv(M, BM), split)](
-            z, v, pos, g, lse, dv, N, M, D, ctx.scale, chunk, **common
+            z, v, g, lse, dv, N, M, D, ctx.scale, chunk, **common
         )
         _bwd_dz_kernel[(triton.cdiv(N, BN),)](
-            z, v, pos, g, lse, lsep, dz, dv, N, M, D, ctx.scale, **common
+            z, v, pos, g, lse, lsep, dz, dv, N, M, D, ctx.scale, NPOS=pos.shape[1], **common
         )
         return dz, dv.to(v.dtype), None, None, None
 
