@@ -91,3 +91,35 @@ def test_bad_arguments(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert toyworld.main(["--count", "1", "--out", str(blocker / "sub")]) == 2
     assert "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_region_crop_captions_name_what_the_crop_shows():
+    """Teacher pretraining's region crops: square windows of the scene whose caption
+    names exactly the classes covering enough of the crop (no class outside it)."""
+    pytest.importorskip("torch")
+    from train.pretrain_teacher import region_crop
+
+    rng = np.random.default_rng(0)
+    closeups = 0
+    for i in range(60):
+        s = make_scene(11, i)
+        crop, caption = region_crop(s, rng)
+        side = crop.shape[0]
+        assert crop.shape == (side, side, 3) and 24 <= side <= 128
+        # find the window: crops are exact slices of the scene image
+        hits = [
+            (y, x)
+            for y in range(129 - side)
+            for x in range(129 - side)
+            if np.array_equal(s.image[y : y + side, x : x + side], crop)
+        ]
+        assert hits, "the crop is not a window of the scene"
+        y, x = hits[0]
+        window = s.mask[y : y + side, x : x + side]
+        need = max(0.02 * side * side, toyworld.MIN_VISIBLE * (side / 128) ** 2)
+        ids, counts = np.unique(window, return_counts=True)
+        shown = {CLASSES[c] for c, n in zip(ids, counts) if c != IGNORE and n >= need}
+        named = {c for c in CLASSES if re.search(rf"\b{c}\b", caption)}
+        assert named == shown, (caption, shown)
+        closeups += side < 64
+    assert closeups >= 5  # thing close-ups are part of the mix

@@ -37,26 +37,70 @@ TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # scene seeds; evaluation sets use other 
 
 
 def _images(scenes, size: int) -> torch.Tensor:
-    """uint8 scenes -> float (B, 3, size, size), normalised like CLIP."""
-    x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    """uint8 scenes (or HxWx3 uint8 arrays) -> float (B, 3, size, size), normalised like CLIP."""
+    arrays = [getattr(s, "image", s) for s in scenes]
+    x = torch.stack(
+        [
+            F.interpolate(
+                torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255,
+                size=(size, size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )[0]
+            for a in arrays
+        ]
+    )
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def region_crop(scene, rng: np.random.Generator, min_frac: float = 0.02):
+    """A square crop of ``scene`` and a caption naming only what the crop shows.
+
+    Half the time the crop is centred on one of the scene's things, 1.5-3x its extent
+    (close-ups, like single-object web photos), else a random box of 35-100% of the side.
+    A class is named when it covers at least ``min_frac`` of the crop and
+    ``toyworld.MIN_VISIBLE`` scaled pixels. Returns (uint8 crop, caption)."""
+    mask = scene.mask
+    H, W = mask.shape
+    things = [c for c in scene.classes if c in toyworld.THINGS]
+    if things and rng.random() < 0.5:
+        ys, xs = np.nonzero(mask == toyworld.CLASSES.index(things[rng.integers(len(things))]))
+        extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        side = int(np.clip(extent * rng.uniform(1.5, 3.0), 24, H))
+        cy = (ys.min() + ys.max()) / 2 + rng.uniform(-0.2, 0.2) * extent
+        cx = (xs.min() + xs.max()) / 2 + rng.uniform(-0.2, 0.2) * extent
+    else:
+        side = int(rng.uniform(0.35, 1.0) * H)
+        cy, cx = rng.uniform(side / 2, H - side / 2), rng.uniform(side / 2, W - side / 2)
+    y0 = int(np.clip(round(cy - side / 2), 0, H - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, W - side))
+    crop = mask[y0 : y0 + side, x0 : x0 + side]
+    need = max(min_frac * side * side, toyworld.MIN_VISIBLE * (side / H) ** 2)
+    ids, counts = np.unique(crop, return_counts=True)
+    present = [
+        toyworld.CLASSES[i] for i, n in zip(ids, counts) if i != toyworld.IGNORE and n >= need
+    ]
+    stuff = [c for c in present if c in toyworld.STUFF] or ["the background"]
+    caption = toyworld._caption(rng, [c for c in present if c in toyworld.THINGS], stuff)
+    return scene.image[y0 : y0 + side, x0 : x0 + side], caption
 
 
 @torch.no_grad()
 def presence_recall(model, tokenizer, scenes, size: int) -> float:
     """Mean over scenes of |top-k classes by image-text similarity & present| / k."""
     model.eval()
+    device = next(model.parameters()).device
     text = model.encode_text(
-        tokenizer([f"a photo of a {c}." for c in toyworld.CLASSES]), normalize=True
+        tokenizer([f"a photo of a {c}." for c in toyworld.CLASSES]).to(device), normalize=True
     )
     hits = total = 0
     for i in range(0, len(scenes), 128):
         batch = scenes[i : i + 128]
-        img = model.encode_image(_images(batch, size), normalize=True)
-        order = (img @ text.T).argsort(dim=1, descending=True)
+        img = model.encode_image(_images(batch, size).to(device), normalize=True)
+        order = (img @ text.T).argsort(dim=1, descending=True).cpu()
         for s, o in zip(batch, order):
             present = {toyworld.CLASSES.index(c) for c in s.classes}
             hits += len(present & set(o[: len(present)].tolist()))
@@ -73,6 +117,8 @@ def pretrain(
     lr: float,
     pool: int,
     seed: int,
+    crop_prob: float = 0.0,
+    device: str = "cpu",
     log_every: int = 50,
 ) -> dict:
     import open_clip
@@ -80,7 +126,7 @@ def pretrain(
     torch.manual_seed(seed)
     open_clip.add_model_config(config)
     name = config.stem
-    model = open_clip.create_model(name)
+    model = open_clip.create_model(name).to(device)
     tokenizer = open_clip.get_tokenizer(name)
     size = model.visual.image_size[0]
     t0 = time.time()
@@ -101,18 +147,29 @@ def pretrain(
         ),
     )
     gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     model.train()
     t0 = time.time()
     for step in range(steps):
         idx = torch.randperm(pool, generator=gen)[:batch]
-        x = _images([scenes[i] for i in idx], size)
+        crop = torch.rand(batch, generator=gen) < crop_prob
+        images, tok = [], tokens[idx].clone()
+        for j, (i, c) in enumerate(zip(idx.tolist(), crop.tolist())):
+            if c:
+                img, caption = region_crop(scenes[i], rng)
+                tok[j] = tokenizer([caption])[0]
+                images.append(img)
+            else:
+                images.append(scenes[i].image)
+        x = _images(images, size)
         flip = torch.rand(batch, generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
+        x, tok = x.to(device), tok.to(device)
         img = model.encode_image(x, normalize=True)
-        txt = model.encode_text(tokens[idx], normalize=True)
+        txt = model.encode_text(tok, normalize=True)
         logits = model.logit_scale.exp() * img @ txt.T
         # captions can repeat within a batch: count identical captions as positives
-        same = (tokens[idx][:, None, :] == tokens[idx][None, :, :]).all(-1).float()
+        same = (tok[:, None, :] == tok[None, :, :]).all(-1).float()
         target = same / same.sum(1, keepdim=True)
         loss = 0.5 * (
             torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
@@ -133,10 +190,11 @@ def pretrain(
                 f"{(time.time() - t0) / (step + 1):.2f} s/step",
                 flush=True,
             )
+    minutes = round((time.time() - t0) / 60, 1)
     recall = presence_recall(model, tokenizer, heldout, size)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    torch.save({"state_dict": sd}, out / f"{name}.pt")
+    torch.save({"state_dict": {k: v.cpu() for k, v in sd.items()}}, out / f"{name}.pt")
     if config.resolve() != (out / f"{name}.json").resolve():
         shutil.copy(config, out / f"{name}.json")
     report = {
@@ -145,7 +203,9 @@ def pretrain(
         "lr": lr,
         "pool": pool,
         "seed": seed,
-        "minutes": round((time.time() - t0) / 60, 1),
+        "crop_prob": crop_prob,
+        "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
+        "minutes": minutes,
         "presence_recall_at_k": recall,
         "heldout": f"toyworld seed {HELDOUT_SEED}, 500 scenes",
     }
@@ -166,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--pool", type=int, default=6000, help="training scenes generated up front")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--crop-prob",
+        type=float,
+        default=0.0,
+        help="share of samples replaced by a region crop captioned with what it shows",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = p.parse_args(argv)
     if args.threads:
@@ -173,7 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.batch < 2 or args.pool < args.batch:
         print("error: need --steps >= 1, --batch >= 2 and --pool >= --batch", file=sys.stderr)
         return 2
-    report = pretrain(args.config, args.out, args.steps, args.batch, args.lr, args.pool, args.seed)
+    if not 0.0 <= args.crop_prob <= 1.0:
+        print("error: --crop-prob must be within [0, 1]", file=sys.stderr)
+        return 2
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = pretrain(
+        args.config,
+        args.out,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.pool,
+        args.seed,
+        crop_prob=args.crop_prob,
+        device=device,
+    )
     print(json.dumps(report, indent=2))
     return 0
 
