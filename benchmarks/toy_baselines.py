@@ -26,31 +26,41 @@ from train.evaluate import evaluate  # noqa: E402
 from train.export import export_dense_clip  # noqa: E402
 
 SEED, COUNT = 3000, 500
+KEYS = ("miou", "miou_known", "miou_unknown", "hm", "per_class")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO / "data" / "toy_val"))
     ap.add_argument("--out", default=str(REPO / "out" / "baselines"))
+    assets = REPO / "train" / "assets"
+    ap.add_argument("--model-config", default=str(assets / "toy-teacher.json"))
+    ap.add_argument("--pretrained", default=str(assets / "toy-teacher.pt"))
+    ap.add_argument("--modes", default="maskclip,clearclip,sclip")
+    ap.add_argument("--sizes", default="96,128")
+    ap.add_argument("--templates", default="simple,imagenet")
+    ap.add_argument("--threads", type=int, help="CPU threads of the evaluations")
+    ap.add_argument(
+        "--no-extra", action="store_true", help="skip the unsupervised and probe evaluations"
+    )
     args = ap.parse_args()
     data, out = Path(args.data), Path(args.out)
     if not (data / "classes.txt").is_file():
         toyworld.write_dataset(data, SEED, COUNT)
     out.mkdir(parents=True, exist_ok=True)
-    assets = REPO / "train" / "assets"
     model, name, mean, std = load_clip(
-        model_config=assets / "toy-teacher.json", pretrained=str(assets / "toy-teacher.pt")
+        model_config=Path(args.model_config), pretrained=args.pretrained
     )
     rows = []
-    for mode in ("maskclip", "clearclip", "sclip"):
+    for mode in args.modes.split(","):
         best = None
-        for size in (96, 128):
-            for templates in ("simple", "imagenet"):
+        for size in [int(x) for x in args.sizes.split(",")]:
+            for templates in args.templates.split(","):
                 path = out / f"{mode}_{size}_{templates}.onnx"
                 export_dense_clip(
                     model,
                     name,
-                    "train/assets/toy-teacher.pt",
+                    args.pretrained,
                     mean,
                     std,
                     mode,
@@ -58,16 +68,21 @@ def main() -> None:
                     input_size=size,
                     templates=templates,
                 )
-                r = evaluate(path, data)
+                r = evaluate(path, data, threads=args.threads)
                 (out / f"{path.stem}.language.json").write_text(json.dumps(r, indent=2))
                 rows.append((mode, size, templates, "language", r))
                 if best is None or r["miou"] > best[1]["miou"]:
                     best = (path, r)
-        for extra in ("unsupervised", "probe"):
-            r = evaluate(best[0], data, mode=extra)
+        for extra in () if args.no_extra else ("unsupervised", "probe"):
+            r = evaluate(best[0], data, mode=extra, threads=args.threads)
             (out / f"{best[0].stem}.{extra}.json").write_text(json.dumps(r, indent=2))
             rows.append((mode, r["input_size"], best[0].stem.split("_")[-1], extra, r))
-    print(f"\ntoy world seed {SEED}, {COUNT} scenes; teacher train/assets/toy-teacher.pt\n")
+    summary = [
+        {"mode": m, "input_size": z, "templates": t, "eval": e, **{k: r[k] for k in KEYS}}
+        for m, z, t, e, r in rows
+    ]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\ntoy world seed {SEED}, {COUNT} scenes; teacher {args.pretrained}\n")
     print("| dense mode | input size | templates | eval mode | mIoU | known | unknown | hm |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode, size, templates, ev, r in rows:

@@ -164,10 +164,12 @@ def evaluate(
     templates=None,
     limit=None,
     image_set=None,
+    threads=None,
 ) -> dict:
-    """Run one evaluation; returns the report dict (see ``train.metrics.summarize``)."""
+    """Run one evaluation; returns the report dict (see ``train.metrics.summarize``).
+    ``threads``: CPU threads of the runtime (default: onnxruntime's choice)."""
     data = VOCFolder(data_dir, image_set=image_set, limit=limit)
-    seg = clips4rt.Segmenter(model)
+    seg = clips4rt.Segmenter(model, threads=threads)
     classes = data.classes
     if unknown is None:
         unknown = list(data.split.get("unknown", []))
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--image-set", help="ImageSets/Segmentation/<name>.txt to evaluate")
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
     args = p.parse_args(argv)
     unknown = None
     if args.unknown_classes is not None:
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             templates,
             args.limit,
             args.image_set,
+            args.threads,
         )
     except (ValueError, FileNotFoundError, clips4rt.BundleError, clips4rt.ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
