@@ -152,3 +152,33 @@ def test_unknown_prototypes_learn_the_unexplained_clusters():
     other = UnknownPrototypes(count=2, dim=8)
     other.load_state_dict(state)
     torch.testing.assert_close(other.protos, unk.protos)
+
+
+@pytest.mark.parametrize(
+    "backbone,stride",
+    [("resnet18", 8), ("mobilenetv4_conv_small", 8), ("lcnet_100", 4), ("vit", 4)],
+)
+def test_students_give_unit_embeddings_at_their_stride(backbone, stride):
+    pytest.importorskip("timm")
+    from train.models.student import build_student
+
+    visual = None
+    if backbone == "vit":
+        pytest.importorskip("open_clip")
+        from pathlib import Path
+
+        from train.clip_loader import load_clip
+
+        cfg = Path(__file__).resolve().parents[1] / "train" / "assets" / "toy-teacher.json"
+        visual = load_clip(model_config=cfg)[0].visual  # patch 8 -> student stride 4
+    torch.manual_seed(0)
+    s = build_student(backbone, 64, visual, stride=stride, width=32)
+    assert s.stride == stride
+    x = torch.randn(2, 3, 96, 80, requires_grad=True)
+    z = s(x)
+    assert z.shape == (2, 64, 96 // stride, 80 // stride)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(2, 96 // stride, 80 // stride))
+    z[:, 0].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9'"):
+        build_student("resnet9", 64)

@@ -28,6 +28,8 @@ CNN_BACKBONES = (
     "resnet50",
     "mobilenetv3_small_100",
     "mobilenetv3_large_100",
+    "mobilenetv4_conv_small",
+    "lcnet_100",
     "efficientnet_b0",
 )
 BACKBONES = CNN_BACKBONES + ("vit",)
