@@ -107,6 +107,39 @@ def test_fp16_export(tmp_path, tiny_clip):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in init)
 
 
+def test_fp16_weight_storage(tmp_path, tiny_clip):
+    """--fp16-weights: large initializers stored as float16 (about half the file), the
+    graph still takes and gives float32 and agrees with torch within 1e-2, and the
+    Segmenter reads it like any bundle."""
+    import numpy as np
+
+    import clips4rt
+    from train.export import export_dense_clip
+
+    model, name, mean, std = tiny_clip
+    full, _ = export_dense_clip(model, name, None, mean, std, "sclip", tmp_path / "f.onnx")
+    info, errs = export_dense_clip(
+        model, name, None, mean, std, "sclip", tmp_path / "h.onnx", fp16_weights=True
+    )
+    assert info.precision == "fp32" and info.provenance["weights"] == "float16"
+    assert all(e <= 1e-2 for e in errs.values()), errs
+    for stem in ("{}.onnx", "{}.text.onnx"):
+        f, h = (tmp_path / stem.format(x) for x in "fh")
+        assert h.stat().st_size < 0.6 * f.stat().st_size, (h.stat().st_size, f.stat().st_size)
+        g = onnx.load(str(h)).graph
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer)
+        assert g.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT16
+    img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    a = clips4rt.Segmenter(tmp_path / "f.onnx").run(img, ["cat", "dog", "sky"])
+    b = clips4rt.Segmenter(tmp_path / "h.onnx").run(img, ["cat", "dog", "sky"])
+    assert np.abs(a.similarity - b.similarity).max() < 1e-2
+    with pytest.raises(ValueError, match="choose one of fp16"):
+        export_dense_clip(
+            model, name, None, mean, std, "sclip", tmp_path / "x.onnx", fp16=True,
+            fp16_weights=True,
+        )  # fmt: skip
+
+
 def test_export_refuses_a_broken_graph(tmp_path, tiny_clip, monkeypatch):
     """The parity check can fail: a graph that differs from torch is refused."""
     from train import export
