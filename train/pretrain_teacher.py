@@ -109,6 +109,45 @@ def presence_recall(model, tokenizer, scenes, size: int) -> float:
     return hits / total
 
 
+@torch.no_grad()
+def presence_ap(model, tokenizer, scenes, size: int) -> dict[str, float]:
+    """Per class: average precision of ranking the scenes by global image-text
+    similarity ("a photo of a {c}.") for "does the scene contain c". A class the
+    teacher never learned scores its base rate (its share of scenes)."""
+    model.eval()
+    device = next(model.parameters()).device
+    text = model.encode_text(
+        tokenizer([f"a photo of a {c}." for c in toyworld.CLASSES]).to(device), normalize=True
+    )
+    sims = []
+    for i in range(0, len(scenes), 128):
+        img = model.encode_image(_images(scenes[i : i + 128], size).to(device), normalize=True)
+        sims.append((img @ text.T).cpu())
+    sim = torch.cat(sims).numpy()
+    model.train()
+    out = {}
+    for j, c in enumerate(toyworld.CLASSES):
+        y = np.array([c in s.classes for s in scenes])[np.argsort(-sim[:, j], kind="stable")]
+        hits = np.cumsum(y)
+        out[c] = float((hits / np.arange(1, len(y) + 1))[y].sum() / max(y.sum(), 1))
+    return out
+
+
+def measure(model, tokenizer, size: int) -> dict:
+    """Held-out report: recall@k and stuff / things mAP (toy seed HELDOUT_SEED, 500)."""
+    heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(500)]
+    ap = presence_ap(model, tokenizer, heldout, size)
+    base = {c: float(np.mean([c in s.classes for s in heldout])) for c in toyworld.CLASSES}
+    mean = lambda names, d: round(float(np.mean([d[c] for c in names])), 4)  # noqa: E731
+    return {
+        "presence_recall_at_k": presence_recall(model, tokenizer, heldout, size),
+        "stuff_map": mean(toyworld.STUFF, ap),
+        "things_map": mean(toyworld.THINGS, ap),
+        "things_base_rate": mean(toyworld.THINGS, base),
+        "heldout": f"toyworld seed {HELDOUT_SEED}, 500 scenes",
+    }
+
+
 def pretrain(
     config: Path,
     out: Path,
@@ -131,7 +170,6 @@ def pretrain(
     size = model.visual.image_size[0]
     t0 = time.time()
     scenes = [toyworld.make_scene(TRAIN_SEED + seed, i) for i in range(pool)]
-    heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(500)]
     print(f"generated {pool} training scenes in {time.time() - t0:.0f} s", flush=True)
     tokens = tokenizer([s.caption for s in scenes])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -191,7 +229,7 @@ def pretrain(
                 flush=True,
             )
     minutes = round((time.time() - t0) / 60, 1)
-    recall = presence_recall(model, tokenizer, heldout, size)
+    held = measure(model, tokenizer, size)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch.save({"state_dict": {k: v.cpu() for k, v in sd.items()}}, out / f"{name}.pt")
@@ -206,8 +244,7 @@ def pretrain(
         "crop_prob": crop_prob,
         "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
         "minutes": minutes,
-        "presence_recall_at_k": recall,
-        "heldout": f"toyworld seed {HELDOUT_SEED}, 500 scenes",
+        **held,
     }
     (out / f"{name}.report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -233,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         help="share of samples replaced by a region crop captioned with what it shows",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--measure",
+        metavar="CHECKPOINT",
+        help="only measure a trained teacher (with --config): recall@k, stuff/things mAP",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = p.parse_args(argv)
     if args.threads:
@@ -240,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.batch < 2 or args.pool < args.batch:
         print("error: need --steps >= 1, --batch >= 2 and --pool >= --batch", file=sys.stderr)
         return 2
+    if args.measure:
+        from train.clip_loader import load_clip
+
+        model, name, _, _ = load_clip(model_config=args.config, pretrained=args.measure)
+        import open_clip
+
+        held = measure(model, open_clip.get_tokenizer(name), model.visual.image_size[0])
+        print(json.dumps(held, indent=2))
+        return 0
     if not 0.0 <= args.crop_prob <= 1.0:
         print("error: --crop-prob must be within [0, 1]", file=sys.stderr)
         return 2
