@@ -23,6 +23,7 @@ from torch import nn
 from train.models.dense_clip import DenseCLIPImage, block_forward
 
 CNN_BACKBONES = (
+    "resnet10t",
     "resnet18",
     "resnet34",
     "resnet50",
