@@ -1,13 +1,15 @@
 """Rebuild the artifacts embedded in ``clips4rt/``: the default toy bundle, its class
 list and the demo scene behind ``clips4rt demo``.
 
-    python -m train.default_bundle --dense sclip --input-size 96 --templates imagenet
+    python -m train --preset toy                       # ~8 min on 2 cores
+    python -m train.default_bundle --checkpoint runs/toy/step_0000500.pt
 
-Exports the toy teacher (``train/assets/toy-teacher.*``, see ``train.pretrain_teacher``)
-as a training-free dense bundle ``clips4rt/models/toy.onnx`` (+ ``toy.text.onnx``),
-writes ``clips4rt/models/toy.classes.txt`` and ``clips4rt/data/demo_scene.png``
-(toy world seed 7, scene 3). The CLIP-S4 training issue replaces the model with the
-trained student.
+exports the CLIP-S4 student of the toy preset (light CNN) with the toy teacher's text
+graph as ``clips4rt/models/toy.onnx`` (+ ``toy.text.onnx``, ImageNet templates, input
+size 192, weights stored as float16: ``--fp16-weights`` of ``train.export``). ``--dense sclip --input-size 96`` instead exports the toy teacher itself
+(``train/assets/toy-teacher.*``) as a training-free dense bundle. Also writes
+``clips4rt/models/toy.classes.txt`` and ``clips4rt/data/demo_scene.png`` (toy world
+seed 7, scene 3).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from PIL import Image
 
 from train import toyworld
 from train.clip_loader import load_clip
-from train.export import export_dense_clip
+from train.export import export_dense_clip, export_student
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "train" / "assets"
@@ -28,22 +30,33 @@ MODELS = REPO / "clips4rt" / "models"
 DEMO_SCENE = (7, 3)
 
 
-def build(dense: str, input_size: int, templates: str) -> None:
-    model, name, mean, std = load_clip(
-        model_config=ASSETS / "toy-teacher.json", pretrained=str(ASSETS / "toy-teacher.pt")
-    )
-    pretrained = "train/assets/toy-teacher.pt"
-    info, errs = export_dense_clip(
-        model,
-        name,
-        pretrained,
-        mean,
-        std,
-        dense,
-        MODELS / "toy.onnx",
-        input_size=input_size,
-        templates=templates,
-    )
+def build(
+    dense: str | None, input_size: int | None, templates: str, checkpoint: str | None = None
+) -> None:
+    if checkpoint:
+        info, errs = export_student(
+            checkpoint,
+            MODELS / "toy.onnx",
+            input_size=input_size or 192,
+            templates=templates,
+            fp16_weights=True,
+        )
+    else:
+        model, name, mean, std = load_clip(
+            model_config=ASSETS / "toy-teacher.json", pretrained=str(ASSETS / "toy-teacher.pt")
+        )
+        info, errs = export_dense_clip(
+            model,
+            name,
+            "train/assets/toy-teacher.pt",
+            mean,
+            std,
+            dense or "sclip",
+            MODELS / "toy.onnx",
+            input_size=input_size or 96,
+            templates=templates,
+            fp16_weights=True,
+        )
     (MODELS / "toy.classes.txt").write_text("\n".join(toyworld.CLASSES) + "\n")
     scene = toyworld.make_scene(*DEMO_SCENE)
     Image.fromarray(scene.image).save(REPO / "clips4rt" / "data" / "demo_scene.png")
@@ -61,11 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dense", default="sclip")
-    p.add_argument("--input-size", type=int, default=96)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="CLIP-S4 checkpoint of the toy preset (the default)")
+    src.add_argument("--dense", help="export the teacher training-free: maskclip|clearclip|sclip")
+    p.add_argument("--input-size", type=int, help="default 192 (student) or 96 (teacher)")
     p.add_argument("--templates", default="imagenet", choices=("simple", "imagenet"))
     args = p.parse_args(argv)
-    build(args.dense, args.input_size, args.templates)
+    try:
+        build(args.dense, args.input_size, args.templates, args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
