@@ -10,9 +10,10 @@ split (toy world seed 3000, 500 scenes). Variants run as parallel pipelines, mea
 for a GPU machine: on an H200 (16 cores) five 3000-step teachers in parallel ran at
 0.10 s/step (0.15 with region crops; the per-sample crop and caption work on the CPU
 is the limit), so a whole pipeline needs ~12 min: give --deadline room, or fewer
-variants / --teacher-steps. On 2 CPU cores a full variant takes hours. ``--tiny`` runs a few steps of everything on tiny data (a smoke
-test of this script on the CPU). Writes ``<out>/results.json`` and prints a table.
-A stage still running at the deadline is killed and reported as such.
+variants / --teacher-steps. On 2 CPU cores a full variant takes hours. ``--tiny``
+runs a few steps of everything on tiny data (a smoke test of this script on the CPU).
+Writes ``<out>/results.json`` and prints a table. A stage still running at the
+deadline is killed and reported as such.
 """
 
 from __future__ import annotations

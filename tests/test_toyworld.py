@@ -123,3 +123,17 @@ def test_region_crop_captions_name_what_the_crop_shows():
         assert named == shown, (caption, shown)
         closeups += side < 64
     assert closeups >= 5  # thing close-ups are part of the mix
+
+
+def test_average_precision_hand_checked():
+    pytest.importorskip("torch")
+    from train.pretrain_teacher import average_precision
+
+    pos = np.array([True, False, True, False])
+    assert average_precision(np.array([4.0, 1, 3, 2]), pos) == 1.0  # both positives first
+    # positives at ranks 2 and 4: (1/2 + 2/4) / 2
+    assert average_precision(np.array([3.0, 4, 1, 2]), pos) == pytest.approx(0.5)
+    assert average_precision(np.array([1.0, 2, 3, 4]), np.zeros(4, bool)) == 0.0
+    rng = np.random.default_rng(0)  # a random ranking scores about the base rate
+    y = rng.random(20000) < 0.2
+    assert abs(average_precision(rng.random(20000), y) - 0.2) < 0.02

@@ -125,12 +125,18 @@ def presence_ap(model, tokenizer, scenes, size: int) -> dict[str, float]:
         sims.append((img @ text.T).cpu())
     sim = torch.cat(sims).numpy()
     model.train()
-    out = {}
-    for j, c in enumerate(toyworld.CLASSES):
-        y = np.array([c in s.classes for s in scenes])[np.argsort(-sim[:, j], kind="stable")]
-        hits = np.cumsum(y)
-        out[c] = float((hits / np.arange(1, len(y) + 1))[y].sum() / max(y.sum(), 1))
-    return out
+    return {
+        c: average_precision(sim[:, j], np.array([c in s.classes for s in scenes]))
+        for j, c in enumerate(toyworld.CLASSES)
+    }
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision of ranking by ``scores`` (descending) for boolean ``positive``:
+    the mean, over the positives, of the precision at each one's rank (0 without any)."""
+    y = np.asarray(positive, bool)[np.argsort(-np.asarray(scores), kind="stable")]
+    precision = np.cumsum(y) / np.arange(1, len(y) + 1)
+    return float(precision[y].sum() / max(y.sum(), 1))
 
 
 def measure(model, tokenizer, size: int) -> dict:
