@@ -213,3 +213,34 @@ def test_unsupported_tower_is_refused(tiny_clip):
         DenseCLIPImage(model.visual, "naclip!", mean, std)
     with pytest.raises(ValueError, match="not an open_clip VisionTransformer"):
         DenseCLIPImage(torch.nn.Linear(2, 2), "maskclip", mean, std)
+
+
+def test_fp16_weight_storage_keeps_values_float16_cannot_hold(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from train.export import store_weights_fp16
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2048])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2048])
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal(2048).astype(np.float32)
+    big = small.copy()
+    big[0] = 1e6  # beyond float16's 65504
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "a"], ["t"]), helper.make_node("Mul", ["t", "b"], ["y"])],
+        "g",
+        [x],
+        [y],
+        [numpy_helper.from_array(small, "a"), numpy_helper.from_array(big, "b")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert store_weights_fp16(path) == 1
+    inits = {t.name: t.data_type for t in onnx.load(str(path)).graph.initializer}
+    assert inits == {"a__fp16": onnx.TensorProto.FLOAT16, "b": onnx.TensorProto.FLOAT}
+    xv = rng.standard_normal((2, 2048)).astype(np.float32)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": xv})
+    ref = (xv + small.astype(np.float16).astype(np.float32)) * big
+    np.testing.assert_allclose(out[0], ref, rtol=1e-6)

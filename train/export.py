@@ -56,19 +56,21 @@ def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, names, ax
 
 def store_weights_fp16(path: Path, min_elements: int = FP16_WEIGHTS_MIN) -> int:
     """Rewrite an ONNX file so float32 initializers of ``min_elements`` or more are
-    stored as float16 and cast back to float32 at the start of the graph. Returns the
-    number of initializers converted."""
+    stored as float16 and cast back to float32 at the start of the graph (those with
+    finite values beyond float16's range stay float32). Returns the number converted."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
     g = model.graph
     inits, casts = [], []
+    fp16_max = float(np.finfo(np.float16).max)
     for init in g.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) >= min_elements:
-            half = numpy_helper.from_array(
-                numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16"
-            )
+        big = init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) >= min_elements
+        arr = numpy_helper.to_array(init) if big else None
+        finite = arr[np.isfinite(arr)] if big else None
+        if big and (finite.size == 0 or np.abs(finite).max() <= fp16_max):  # no overflow
+            half = numpy_helper.from_array(arr.astype(np.float16), init.name + "__fp16")
             inits.append(half)
             casts.append(
                 helper.make_node(
