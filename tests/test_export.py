@@ -109,7 +109,7 @@ def test_fp16_export(tmp_path, tiny_clip):
 
 def test_fp16_weight_storage(tmp_path, tiny_clip):
     """--fp16-weights: large initializers stored as float16 (about half the file), the
-    graph still takes and gives float32 and agrees with torch within 1e-2, and the
+    graph still takes and gives float32 and agrees with torch within 5e-3, and the
     Segmenter reads it like any bundle."""
     import numpy as np
 
@@ -122,7 +122,7 @@ def test_fp16_weight_storage(tmp_path, tiny_clip):
         model, name, None, mean, std, "sclip", tmp_path / "h.onnx", fp16_weights=True
     )
     assert info.precision == "fp32" and info.provenance["weights"] == "float16"
-    assert all(e <= 1e-2 for e in errs.values()), errs
+    assert all(e <= 5e-3 for e in errs.values()), errs
     for stem in ("{}.onnx", "{}.text.onnx"):
         f, h = (tmp_path / stem.format(x) for x in "fh")
         assert h.stat().st_size < 0.6 * f.stat().st_size, (h.stat().st_size, f.stat().st_size)

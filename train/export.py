@@ -5,14 +5,16 @@
 
 After writing, both graphs run in onnxruntime against the torch modules on
 random inputs at two image sizes; the export fails if the relative error
-||ort - torch|| / ||torch|| exceeds 1e-3 (fp32), 2e-2 (``--fp16``) or 1e-2
+||ort - torch|| / ||torch|| exceeds 1e-3 (fp32), 2e-2 (``--fp16``) or 5e-3
 (``--fp16-weights``).
 
 ``--fp16-weights`` halves the files for CPU/edge deployment: large weights are stored
 as float16 followed by a Cast to float32, which onnxruntime folds once when the session
 is created, so the graph still computes in float32. Its error budget: each weight
-rounded to 11 significant bits (relative error <= 2^-11 = 4.9e-4); through a dozen
-layers the output's relative error stays a few 1e-3, hence 1e-2.
+rounded to 11 significant bits (unit roundoff u = 2^-11 = 4.9e-4); the independent
+roundings of a layer's weights perturb its output by about u in relative terms, and
+a dozen layers add up to a few u (measured: 3.4e-4 to 6e-4 on the tiny test CLIP and
+the toy student), hence 5e-3 = 10u.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from clips4rt.tokenizer import tokenize
 
 OPSET = 17
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "fp16-weights": 1e-2}
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "fp16-weights": 5e-3}
 FP16_WEIGHTS_MIN = 1024  # initializers with fewer elements stay float32
 TEMPLATE_SETS = {"imagenet": IMAGENET_TEMPLATES, "simple": SIMPLE_TEMPLATES}
 
@@ -66,10 +68,10 @@ def store_weights_fp16(path: Path, min_elements: int = FP16_WEIGHTS_MIN) -> int:
     inits, casts = [], []
     fp16_max = float(np.finfo(np.float16).max)
     for init in g.initializer:
-        big = init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) >= min_elements
-        arr = numpy_helper.to_array(init) if big else None
-        finite = arr[np.isfinite(arr)] if big else None
-        if big and (finite.size == 0 or np.abs(finite).max() <= fp16_max):  # no overflow
+        arr = None
+        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) >= min_elements:
+            arr = numpy_helper.to_array(init)
+        if arr is not None and np.abs(arr[np.isfinite(arr)]).max(initial=0.0) <= fp16_max:
             half = numpy_helper.from_array(arr.astype(np.float16), init.name + "__fp16")
             inits.append(half)
             casts.append(

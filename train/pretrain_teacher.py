@@ -37,20 +37,19 @@ TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # scene seeds; evaluation sets use other 
 
 
 def _images(scenes, size: int) -> torch.Tensor:
-    """uint8 scenes (or HxWx3 uint8 arrays) -> float (B, 3, size, size), normalised like CLIP."""
+    """uint8 scenes (or HxWx3 uint8 arrays) -> float (B, 3, size, size), normalised like
+    CLIP. Arrays of one shape are resized together (region crops come in many sizes)."""
     arrays = [getattr(s, "image", s) for s in scenes]
-    x = torch.stack(
-        [
-            F.interpolate(
-                torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255,
-                size=(size, size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )[0]
-            for a in arrays
-        ]
-    )
+    x = torch.empty(len(arrays), 3, size, size)
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.shape, []).append(i)
+    for idx in groups.values():
+        batch = torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2)
+        x[idx] = F.interpolate(
+            batch.float() / 255, size=(size, size), mode="bilinear", antialias=True,
+            align_corners=False,
+        )  # fmt: skip
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -89,31 +88,8 @@ def region_crop(scene, rng: np.random.Generator, min_frac: float = 0.02):
 
 
 @torch.no_grad()
-def presence_recall(model, tokenizer, scenes, size: int) -> float:
-    """Mean over scenes of |top-k classes by image-text similarity & present| / k."""
-    model.eval()
-    device = next(model.parameters()).device
-    text = model.encode_text(
-        tokenizer([f"a photo of a {c}." for c in toyworld.CLASSES]).to(device), normalize=True
-    )
-    hits = total = 0
-    for i in range(0, len(scenes), 128):
-        batch = scenes[i : i + 128]
-        img = model.encode_image(_images(batch, size).to(device), normalize=True)
-        order = (img @ text.T).argsort(dim=1, descending=True).cpu()
-        for s, o in zip(batch, order):
-            present = {toyworld.CLASSES.index(c) for c in s.classes}
-            hits += len(present & set(o[: len(present)].tolist()))
-            total += len(present)
-    model.train()
-    return hits / total
-
-
-@torch.no_grad()
-def presence_ap(model, tokenizer, scenes, size: int) -> dict[str, float]:
-    """Per class: average precision of ranking the scenes by global image-text
-    similarity ("a photo of a {c}.") for "does the scene contain c". A class the
-    teacher never learned scores its base rate (its share of scenes)."""
+def _similarities(model, tokenizer, scenes, size: int) -> np.ndarray:
+    """(scenes, classes) cosine of each scene's image embedding to "a photo of a {c}."."""
     model.eval()
     device = next(model.parameters()).device
     text = model.encode_text(
@@ -123,12 +99,37 @@ def presence_ap(model, tokenizer, scenes, size: int) -> dict[str, float]:
     for i in range(0, len(scenes), 128):
         img = model.encode_image(_images(scenes[i : i + 128], size).to(device), normalize=True)
         sims.append((img @ text.T).cpu())
-    sim = torch.cat(sims).numpy()
     model.train()
+    return torch.cat(sims).numpy()
+
+
+def _recall(sim: np.ndarray, scenes) -> float:
+    hits = total = 0
+    for s, row in zip(scenes, sim):
+        present = {toyworld.CLASSES.index(c) for c in s.classes}
+        top = np.argsort(-row, kind="stable")[: len(present)]
+        hits += len(present & set(top.tolist()))
+        total += len(present)
+    return hits / total
+
+
+def _ap(sim: np.ndarray, scenes) -> dict[str, float]:
     return {
         c: average_precision(sim[:, j], np.array([c in s.classes for s in scenes]))
         for j, c in enumerate(toyworld.CLASSES)
     }
+
+
+def presence_recall(model, tokenizer, scenes, size: int) -> float:
+    """Mean over scenes of |top-k classes by image-text similarity & present| / k."""
+    return _recall(_similarities(model, tokenizer, scenes, size), scenes)
+
+
+def presence_ap(model, tokenizer, scenes, size: int) -> dict[str, float]:
+    """Per class: average precision of ranking the scenes by global image-text
+    similarity ("a photo of a {c}.") for "does the scene contain c". A class the
+    teacher never learned scores its base rate (its share of scenes)."""
+    return _ap(_similarities(model, tokenizer, scenes, size), scenes)
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -142,11 +143,12 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
 def measure(model, tokenizer, size: int) -> dict:
     """Held-out report: recall@k and stuff / things mAP (toy seed HELDOUT_SEED, 500)."""
     heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(500)]
-    ap = presence_ap(model, tokenizer, heldout, size)
+    sim = _similarities(model, tokenizer, heldout, size)  # one pass for both measures
+    ap = _ap(sim, heldout)
     base = {c: float(np.mean([c in s.classes for s in heldout])) for c in toyworld.CLASSES}
     mean = lambda names, d: round(float(np.mean([d[c] for c in names])), 4)  # noqa: E731
     return {
-        "presence_recall_at_k": presence_recall(model, tokenizer, heldout, size),
+        "presence_recall_at_k": _recall(sim, heldout),
         "stuff_map": mean(toyworld.STUFF, ap),
         "things_map": mean(toyworld.THINGS, ap),
         "things_base_rate": mean(toyworld.THINGS, base),
@@ -197,14 +199,13 @@ def pretrain(
     for step in range(steps):
         idx = torch.randperm(pool, generator=gen)[:batch]
         crop = torch.rand(batch, generator=gen) < crop_prob
-        images, tok = [], tokens[idx].clone()
-        for j, (i, c) in enumerate(zip(idx.tolist(), crop.tolist())):
-            if c:
-                img, caption = region_crop(scenes[i], rng)
-                tok[j] = tokenizer([caption])[0]
-                images.append(img)
-            else:
-                images.append(scenes[i].image)
+        images, tok = [scenes[i].image for i in idx.tolist()], tokens[idx].clone()
+        rows = torch.nonzero(crop).flatten().tolist()
+        if rows:
+            crops = [region_crop(scenes[int(idx[j])], rng) for j in rows]
+            for j, (img, _) in zip(rows, crops):
+                images[j] = img
+            tok[rows] = tokenizer([caption for _, caption in crops])
         x = _images(images, size)
         flip = torch.rand(batch, generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
