@@ -137,3 +137,42 @@ def test_average_precision_hand_checked():
     rng = np.random.default_rng(0)  # a random ranking scores about the base rate
     y = rng.random(20000) < 0.2
     assert abs(average_precision(rng.random(20000), y) - 0.2) < 0.02
+
+
+def test_probe_ap_tells_seen_from_unseen_classes():
+    """The linear probe of the teacher report: classes written linearly in the
+    features score ~1, classes the features do not carry score ~ their base rate."""
+    pytest.importorskip("torch")
+    from train.pretrain_teacher import probe_ap
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 8))
+    seen = np.stack([x[:, 0] + x[:, 1] > 1.0, x[:, 2] - x[:, 3] > 0.5], 1)
+    unseen = rng.random((2000, 2)) < np.array([0.2, 0.5])
+    ap = probe_ap(x, np.concatenate([seen, unseen], 1))
+    assert (ap[:2] > 0.97).all(), ap
+    assert abs(ap[2] - 0.2) < 0.06 and abs(ap[3] - 0.5) < 0.06, ap
+
+
+def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys):
+    """--refresh N swaps N never-seen scenes into the pool each step (no fixed pool to
+    memorise); the report counts the scenes seen. Scene generation in worker processes
+    (--workers) trains the very same weights as generation in the training process."""
+    pytest.importorskip("open_clip")
+    import torch
+
+    from train import pretrain_teacher
+
+    args = ["--steps", "3", "--batch", "4", "--pool", "8", "--refresh", "5", "--crop-prob", "0.5"]
+    args += ["--heldout", "40"]
+    for workers in ("0", "2"):
+        out = tmp_path / workers
+        assert pretrain_teacher.main([*args, "--out", str(out), "--workers", workers]) == 0
+        report = json.loads((out / "toy-teacher.report.json").read_text())
+        assert report["refresh"] == 5 and report["scenes_seen"] == 8 + 5 * 2
+        assert 0.0 <= report["things_map"] <= 1.0
+    a, b = (torch.load(tmp_path / w / "toy-teacher.pt")["state_dict"] for w in ("0", "2"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert pretrain_teacher.main([*args[:6], "--refresh", "9"]) == 2
+    assert "--refresh <= --pool" in capsys.readouterr().err

@@ -11,15 +11,24 @@ load through the same path as real weights:
     python -m train.export --model-config train/assets/toy-teacher.json \\
         --pretrained train/assets/toy-teacher.pt --dense sclip -o toy.onnx
 
-Reports zero-shot "which classes are present" recall@k on held-out scenes (k = the
-number of classes present).
+Reports, on held-out scenes: zero-shot "which classes are present" recall@k (k = the
+number of classes present), zero-shot presence AP for stuff and things against the
+things' base rate, and the things AP of a linear probe on the image embeddings (does
+the image encoder see things at all?). ``--measure CKPT`` reports on any checkpoint.
+
+Fixed pool or fresh scenes: by default the ``--pool`` scenes are made once, and a few
+thousand steps memorise their captions; ``--refresh N`` replaces N pool scenes with
+never-seen ones every step (``--workers`` processes make them while a step trains,
+for a GPU machine). The committed teacher is the fixed-pool recipe above.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import multiprocessing
 import shutil
 import sys
 import time
@@ -88,19 +97,24 @@ def region_crop(scene, rng: np.random.Generator, min_frac: float = 0.02):
 
 
 @torch.no_grad()
-def _similarities(model, tokenizer, scenes, size: int) -> np.ndarray:
-    """(scenes, classes) cosine of each scene's image embedding to "a photo of a {c}."."""
+def _similarities(model, tokenizer, scenes, size: int, features: bool = False):
+    """(scenes, classes) cosine of each scene's image embedding to "a photo of a {c}."
+    (and the (scenes, D) image embeddings themselves with ``features``)."""
     model.eval()
     device = next(model.parameters()).device
     text = model.encode_text(
         tokenizer([f"a photo of a {c}." for c in toyworld.CLASSES]).to(device), normalize=True
     )
-    sims = []
-    for i in range(0, len(scenes), 128):
-        img = model.encode_image(_images(scenes[i : i + 128], size).to(device), normalize=True)
-        sims.append((img @ text.T).cpu())
+    img = torch.cat(
+        [
+            model.encode_image(_images(scenes[i : i + 128], size).to(device), normalize=True).cpu()
+            for i in range(0, len(scenes), 128)
+        ]
+    )
     model.train()
-    return torch.cat(sims).numpy()
+    if features:
+        return (img @ text.cpu().T).numpy(), img.numpy()
+    return (img @ text.cpu().T).numpy()
 
 
 def _recall(sim: np.ndarray, scenes) -> float:
@@ -140,11 +154,45 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(precision[y].sum() / max(y.sum(), 1))
 
 
-def measure(model, tokenizer, size: int) -> dict:
-    """Held-out report: recall@k and stuff / things mAP (toy seed HELDOUT_SEED, 500)."""
-    heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(500)]
-    sim = _similarities(model, tokenizer, heldout, size)  # one pass for both measures
+def probe_ap(features: np.ndarray, present: np.ndarray, iters: int = 100) -> np.ndarray:
+    """Per class, the average precision of a linear probe on image embeddings: logistic
+    regression (L-BFGS, L2 1e-3) fit on the first half of the rows, scored on the
+    second. ``present`` (rows, classes) bool. It tells an image encoder that does not
+    see a class (probe ~ base rate) from a text side that does not name it (probe high,
+    zero-shot low)."""
+    x = torch.as_tensor(features, dtype=torch.float64)
+    y = torch.as_tensor(present, dtype=torch.float64)
+    half = len(x) // 2
+    mu, sd = x[:half].mean(0), x[:half].std(0) + 1e-6
+    x = (x - mu) / sd
+    w = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x[:half] @ w + b, y[:half])
+        loss = loss + 1e-3 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        scores = (x[half:] @ w + b).numpy()
+    return np.array([average_precision(scores[:, j], present[half:, j]) for j in range(y.shape[1])])
+
+
+def measure(model, tokenizer, size: int, heldout=None) -> dict:
+    """Held-out report: recall@k, stuff / things mAP (zero-shot, "a photo of a {c}.")
+    against the things' base rate, and the things mAP of a linear probe on the image
+    embeddings (``probe_ap``); toy seed HELDOUT_SEED, 500 scenes unless ``heldout``
+    gives them."""
+    if heldout is None:
+        heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(500)]
+    sim, feats = _similarities(model, tokenizer, heldout, size, features=True)  # one pass
     ap = _ap(sim, heldout)
+    present = np.array([[c in s.classes for c in toyworld.CLASSES] for s in heldout])
+    probe = dict(zip(toyworld.CLASSES, probe_ap(feats, present)))
     base = {c: float(np.mean([c in s.classes for s in heldout])) for c in toyworld.CLASSES}
     mean = lambda names, d: round(float(np.mean([d[c] for c in names])), 4)  # noqa: E731
     return {
@@ -152,7 +200,8 @@ def measure(model, tokenizer, size: int) -> dict:
         "stuff_map": mean(toyworld.STUFF, ap),
         "things_map": mean(toyworld.THINGS, ap),
         "things_base_rate": mean(toyworld.THINGS, base),
-        "heldout": f"toyworld seed {HELDOUT_SEED}, 500 scenes",
+        "things_probe_map": mean(toyworld.THINGS, probe),
+        "heldout": f"toyworld seed {HELDOUT_SEED}, {len(heldout)} scenes",
     }
 
 
@@ -167,6 +216,10 @@ def pretrain(
     crop_prob: float = 0.0,
     device: str = "cpu",
     log_every: int = 50,
+    refresh: int = 0,
+    measure_every: int = 0,
+    workers: int = 0,
+    heldout_count: int = 500,
 ) -> dict:
     import open_clip
 
@@ -177,8 +230,15 @@ def pretrain(
     tokenizer = open_clip.get_tokenizer(name)
     size = model.visual.image_size[0]
     t0 = time.time()
-    scenes = [toyworld.make_scene(TRAIN_SEED + seed, i) for i in range(pool)]
+    make = functools.partial(toyworld.make_scene, TRAIN_SEED + seed)  # scene i of the stream
+    procs = multiprocessing.get_context("spawn").Pool(workers) if workers else None
+    mapper = procs.map if procs else lambda f, xs: list(map(f, xs))
+    scenes = mapper(make, range(pool))
     print(f"generated {pool} training scenes in {time.time() - t0:.0f} s", flush=True)
+    # the next step's fresh scenes are made by the workers while this step trains
+    ahead = lambda start: (  # noqa: E731
+        procs.map_async(make, range(start, start + refresh)) if procs and refresh else None
+    )
     tokens = tokenizer([s.caption for s in scenes])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -194,9 +254,20 @@ def pretrain(
     )
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(heldout_count)]
+    fresh = pool  # index of the next never-seen training scene
+    pending = ahead(fresh)
     model.train()
     t0 = time.time()
     for step in range(steps):
+        if refresh and step:  # replace `refresh` random pool scenes with new ones
+            slots = torch.randperm(pool, generator=gen)[:refresh]
+            new = pending.get() if pending else mapper(make, range(fresh, fresh + refresh))
+            for slot, scene in zip(slots.tolist(), new):
+                scenes[slot] = scene
+            tokens[slots] = tokenizer([scene.caption for scene in new])
+            fresh += refresh
+            pending = ahead(fresh) if step + 1 < steps else None
         idx = torch.randperm(pool, generator=gen)[:batch]
         crop = torch.rand(batch, generator=gen) < crop_prob
         images, tok = [scenes[i].image for i in idx.tolist()], tokens[idx].clone()
@@ -235,8 +306,12 @@ def pretrain(
                 f"{(time.time() - t0) / (step + 1):.2f} s/step",
                 flush=True,
             )
+        if measure_every and (step + 1) % measure_every == 0 and step + 1 < steps:
+            print(f"step {step + 1:5d}  {json.dumps(measure(model, tokenizer, size, heldout))}")
+    if procs:
+        procs.terminate()
     minutes = round((time.time() - t0) / 60, 1)
-    held = measure(model, tokenizer, size)
+    held = measure(model, tokenizer, size, heldout)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch.save({"state_dict": {k: v.cpu() for k, v in sd.items()}}, out / f"{name}.pt")
@@ -247,6 +322,8 @@ def pretrain(
         "batch": batch,
         "lr": lr,
         "pool": pool,
+        "refresh": refresh,
+        "scenes_seen": fresh,
         "seed": seed,
         "crop_prob": crop_prob,
         "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
@@ -269,6 +346,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--pool", type=int, default=6000, help="training scenes generated up front")
+    p.add_argument(
+        "--refresh",
+        type=int,
+        default=0,
+        help="pool scenes replaced by never-seen ones each step (0 = fixed pool; a fixed "
+        "pool is memorised within a few thousand steps)",
+    )
+    p.add_argument(
+        "--measure-every", type=int, default=0, help="held-out report every N steps (0 = end)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that generate scenes (0 = in the training process); on a GPU "
+        "machine they make the next step's --refresh scenes while a step trains",
+    )
+    p.add_argument(
+        "--heldout", type=int, default=500, help="held-out scenes in the report (toy seed 2000)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--crop-prob",
@@ -289,13 +386,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.batch < 2 or args.pool < args.batch:
         print("error: need --steps >= 1, --batch >= 2 and --pool >= --batch", file=sys.stderr)
         return 2
+    if not (0 <= args.refresh <= args.pool and args.workers >= 0 and args.heldout >= 1):
+        print(
+            "error: need 0 <= --refresh <= --pool, --workers >= 0 and --heldout >= 1",
+            file=sys.stderr,
+        )
+        return 2
     if args.measure:
         from train.clip_loader import load_clip
 
         model, name, _, _ = load_clip(model_config=args.config, pretrained=args.measure)
         import open_clip
 
-        held = measure(model, open_clip.get_tokenizer(name), model.visual.image_size[0])
+        scenes = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(args.heldout)]
+        held = measure(model, open_clip.get_tokenizer(name), model.visual.image_size[0], scenes)
         print(json.dumps(held, indent=2))
         return 0
     if not 0.0 <= args.crop_prob <= 1.0:
@@ -314,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         crop_prob=args.crop_prob,
         device=device,
+        refresh=args.refresh,
+        measure_every=args.measure_every,
+        workers=args.workers,
+        heldout_count=args.heldout,
     )
     print(json.dumps(report, indent=2))
     return 0
