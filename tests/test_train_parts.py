@@ -154,6 +154,38 @@ def test_unknown_prototypes_learn_the_unexplained_clusters():
     torch.testing.assert_close(other.protos, unk.protos)
 
 
+def test_unknown_prototypes_in_text_space_cross_the_modality_gap():
+    """space="text": a centroid c is used as normalize(c - mean image feature + mean
+    known text prototype). Hand-checked on axes: text prototypes lean on axis 6, image
+    features on axis 7, and the one cluster no known class explains is axis 2."""
+    from train.prototypes import UnknownPrototypes
+
+    with pytest.raises(ValueError, match="'image' or 'text'"):
+        UnknownPrototypes(count=1, dim=8, space="pixels")
+    e, unit = torch.eye(8), lambda x: torch.nn.functional.normalize(x, dim=-1)
+    known = unit(torch.stack([e[0] + e[6], e[1] + e[6], e[3] + e[6]]))
+    feats = unit(torch.stack([e[0] + e[7], e[1] + e[7], e[2] + e[7], e[2] + e[7]]))
+    for space in ("image", "text"):
+        unk = UnknownPrototypes(count=1, dim=8, refresh_every=1, space=space)
+        for _ in range(3):
+            unk.observe(feats, known, teacher_scale=5.0)
+        # only the axis-2 features were unexplained (p = 1/3); the others p = 0.86
+        assert len(unk.memory) == 6
+        torch.testing.assert_close(unk.memory, feats[2].expand(6, 8))
+        torch.testing.assert_close(unk.protos[0], feats[2])
+        got = unk.prototypes(known)
+        if space == "image":
+            torch.testing.assert_close(got, unk.protos)
+        else:
+            torch.testing.assert_close(got[0], unit(feats[2] - feats.mean(0) + known.mean(0)))
+            # by hand: axis 6 0.85, axis 2 0.43 (the cluster kept), axis 7 0 (gap removed)
+            assert got[0, 6] > 0.8 and got[0, 2] > 0.4 and abs(got[0, 7]) < 1e-6
+            assert (got[0] @ known.T).max() > (feats[2] @ known.T).max() + 0.3
+    again = UnknownPrototypes(count=1, dim=8, space="text")
+    again.load_state_dict(unk.state_dict())
+    torch.testing.assert_close(again.prototypes(known), unk.prototypes(known))
+
+
 @pytest.mark.parametrize(
     "backbone,stride",
     [("resnet18", 8), ("mobilenetv4_conv_small", 8), ("lcnet_100", 4), ("vit", 4)],
@@ -182,3 +214,23 @@ def test_students_give_unit_embeddings_at_their_stride(backbone, stride):
     assert x.grad is not None and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown backbone 'resnet9'"):
         build_student("resnet9", 64)
+
+
+def test_cnn_student_top_stride_16_drops_the_last_stage():
+    pytest.importorskip("timm")
+    from train.models.student import build_student
+
+    torch.manual_seed(0)
+    full = build_student("resnet10t", 64, stride=8, width=32)
+    short = build_student("resnet10t", 64, stride=8, width=32, top_stride=16)
+    assert short.body.feature_info.reduction() == [2, 4, 8, 16]
+    assert not any(n.startswith("layer4") for n, _ in short.body.named_parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # resnet10t's last stage: 256->512 and 512->512 3x3 convs + a 1x1 downsample
+    assert count(full) - count(short) > 256 * 512 * 9 + 512 * 512 * 9
+    x = torch.randn(2, 3, 96, 80)
+    z = short(x)
+    assert z.shape == full(x).shape == (2, 64, 12, 10)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(2, 12, 10))
+    with pytest.raises(ValueError, match="top_stride must be 16 or 32"):
+        build_student("resnet10t", 64, top_stride=8)

@@ -39,6 +39,7 @@ class TrainConfig:
     stride: int = 8
     decoder_width: int = 128
     decoder_norm: str = "bn"  # bn | gn
+    top_stride: int = 32  # deepest CNN stage the FPN uses: 32, or 16 (no last stage)
     imagenet_init: bool = False
     # losses
     segments: int = 8  # k-means segments per view
@@ -49,6 +50,7 @@ class TrainConfig:
     unknown_prototypes: int = 8  # 0 switches them off
     unknown_threshold: float = 0.5
     unknown_refresh: int = 25
+    unknown_space: str = "image"  # image | text (train/prototypes.py)
     student_scale: float = 50.0
     teacher_scale: float = 50.0
     # optimisation
@@ -80,9 +82,15 @@ class TrainConfig:
         "unknown_prototypes",
         "image_size",
     )
+    # fields added to MODEL_FIELDS later enter the hash only when set away from their
+    # default, so checkpoints written before they existed keep their hash (--resume)
+    LATER_MODEL_FIELDS = ("top_stride",)
 
     def model_hash(self) -> str:
         d = {k: getattr(self, k) for k in self.MODEL_FIELDS}
+        for k in self.LATER_MODEL_FIELDS:
+            if getattr(self, k) != getattr(TrainConfig, k):
+                d[k] = getattr(self, k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

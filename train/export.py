@@ -302,6 +302,7 @@ def export_student(
         cfg.stride,
         cfg.decoder_width,
         norm=cfg.decoder_norm,
+        top_stride=cfg.top_stride,
     )
     student.load_state_dict(ckpt["model"])
     image = UInt8Input(student.eval(), mean, std)

@@ -152,7 +152,7 @@ def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, wor
     if cfg.w_semantic:
         protos = teacher.known
         if unknown is not None and len(unknown.protos):
-            protos = torch.cat([protos, unknown.protos.to(device)])
+            protos = torch.cat([protos, unknown.prototypes(protos)])
         out["semantic"] = (
             world
             * semantic_consistency(
@@ -234,6 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         cfg.decoder_width,
         cfg.imagenet_init,
         norm=cfg.decoder_norm,
+        top_stride=cfg.top_stride,
     ).to(device)
     model = student
     if world > 1:  # same initial weights on every rank (same seed; DDP broadcasts too)
@@ -251,6 +252,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             explain_threshold=cfg.unknown_threshold,
             refresh_every=cfg.unknown_refresh,
             seed=cfg.seed,
+            space=cfg.unknown_space,
         )
         if cfg.unknown_prototypes
         else None

@@ -11,6 +11,14 @@ least ``4 * count`` vectors, spherical k-means with ``count`` clusters runs on i
 new centroids are matched to the current prototypes (Hungarian, by cosine) and
 blended in with momentum ``momentum`` (the first time they are taken as they are).
 Until then no unknown prototype exists and the semantic loss uses the known ones.
+
+Where the unknown prototypes sit (``space``): ``"image"`` uses the centroids as they
+are, i.e. in the teacher's image-feature cone, while the known prototypes are text
+embeddings (CLIP's modality gap: an image feature is far closer to an image centroid
+than to any text embedding, so the teacher's target puts nearly all mass on the
+unknown prototype). ``"text"`` moves each centroid across the gap before use:
+normalize(c - mean image feature + mean known text prototype), the mean image feature
+being the running mean of every teacher segment feature observed.
 """
 
 from __future__ import annotations
@@ -39,7 +47,12 @@ class UnknownPrototypes:
         refresh_every: int = 50,
         momentum: float = 0.5,
         seed: int = 0,
+        space: str = "image",
     ):
+        if space not in ("image", "text"):
+            raise ValueError(f"unknown prototype space {space!r}; choose 'image' or 'text'")
+        self.space = space
+        self.feature_sum, self.seen = torch.zeros(dim), 0
         self.count, self.dim = count, dim
         self.memory = torch.zeros(0, dim)
         self.capacity, self.threshold = memory, explain_threshold
@@ -52,6 +65,8 @@ class UnknownPrototypes:
     def observe(self, t: torch.Tensor, known: torch.Tensor, teacher_scale: float) -> int:
         """Add the unexplained rows of teacher segment features t (M, D); returns how many."""
         t = F.normalize(t.detach().float().cpu(), dim=-1)
+        self.feature_sum += t.sum(0)
+        self.seen += len(t)
         p = torch.softmax(teacher_scale * t @ known.cpu().T, dim=-1).max(-1).values
         new = t[p < self.threshold]
         self.memory = torch.cat([self.memory, new])[-self.capacity :]
@@ -75,8 +90,25 @@ class UnknownPrototypes:
             cent = F.normalize(self.momentum * self.protos + (1 - self.momentum) * cent, dim=-1)
         self.protos = cent
 
+    def prototypes(self, known: torch.Tensor) -> torch.Tensor:
+        """The (count, D) unknown prototypes as the semantic loss uses them, beside the
+        known text prototypes ``known`` (K, D): see ``space`` in the module docstring."""
+        protos = self.protos.to(known.device)
+        if self.space == "image" or not len(protos):
+            return protos
+        gap = known.float().mean(0) - (self.feature_sum / max(self.seen, 1)).to(known.device)
+        return F.normalize(protos + gap, dim=-1)
+
     def state_dict(self) -> dict:
-        return {"memory": self.memory, "protos": self.protos, "updates": self.updates}
+        return {
+            "memory": self.memory,
+            "protos": self.protos,
+            "updates": self.updates,
+            "feature_sum": self.feature_sum,
+            "seen": self.seen,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.memory, self.protos, self.updates = state["memory"], state["protos"], state["updates"]
+        self.feature_sum = state.get("feature_sum", torch.zeros(self.dim))
+        self.seen = state.get("seen", 0)

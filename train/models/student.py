@@ -49,7 +49,9 @@ def _conv(cin: int, cout: int, k: int = 3, norm: str = "bn") -> nn.Sequential:
 
 
 class FPNStudent(nn.Module):
-    """timm CNN features at strides 4..32, top-down FPN to ``stride``, 1x1 to D."""
+    """timm CNN features at strides 4..``top_stride`` (32, or 16 to drop the deepest
+    stage: most of a ResNet's weights, and a 3x3 map on a 96 px view), top-down FPN to
+    ``stride``, 1x1 to D."""
 
     def __init__(
         self,
@@ -59,6 +61,7 @@ class FPNStudent(nn.Module):
         width: int = 128,
         pretrained: bool = False,
         norm: str = "bn",
+        top_stride: int = 32,
     ):
         super().__init__()
         import timm
@@ -67,7 +70,14 @@ class FPNStudent(nn.Module):
             raise ValueError(f"unknown CNN backbone {backbone!r}; choose one of {CNN_BACKBONES}")
         if stride not in (4, 8):
             raise ValueError(f"stride must be 4 or 8, got {stride}")
-        self.body = timm.create_model(backbone, features_only=True, pretrained=pretrained)
+        if top_stride not in (16, 32):
+            raise ValueError(f"top_stride must be 16 or 32, got {top_stride}")
+        info = timm.create_model(backbone, features_only=True).feature_info.reduction()
+        # stages deeper than top_stride are not built at all (timm truncates the body)
+        indices = tuple(i for i, r in enumerate(info) if r <= top_stride)
+        self.body = timm.create_model(
+            backbone, features_only=True, pretrained=pretrained, out_indices=indices
+        )
         reductions = self.body.feature_info.reduction()
         channels = self.body.feature_info.channels()
         keep = [i for i, r in enumerate(reductions) if r >= stride]
@@ -151,6 +161,7 @@ def build_student(
     width: int = 128,
     pretrained: bool = False,
     norm: str = "bn",
+    top_stride: int = 32,
 ) -> nn.Module:
     """Registry: a student by backbone name (see ``BACKBONES``). ``norm``: the
     decoder's normalisation, "bn" or "gn" (GroupNorm: no batch statistics, so a
@@ -161,5 +172,5 @@ def build_student(
             raise ValueError("the vit student needs the teacher's visual tower")
         return ViTStudent(teacher_visual, embed_dim, width, norm)
     if backbone in CNN_BACKBONES:
-        return FPNStudent(embed_dim, backbone, stride, width, pretrained, norm)
+        return FPNStudent(embed_dim, backbone, stride, width, pretrained, norm, top_stride)
     raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
