@@ -154,7 +154,7 @@ def test_probe_ap_tells_seen_from_unseen_classes():
     assert abs(ap[2] - 0.2) < 0.06 and abs(ap[3] - 0.5) < 0.06, ap
 
 
-def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys):
+def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys, monkeypatch):
     """--refresh N swaps N never-seen scenes into the pool each step (no fixed pool to
     memorise); the report counts the scenes seen. Scene generation in worker processes
     (--workers) trains the very same weights as generation in the training process."""
@@ -163,6 +163,14 @@ def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys):
 
     from train import pretrain_teacher
 
+    made = []
+    make_scene = toyworld.make_scene
+
+    def spy(seed, index, *a, **k):
+        made.append((seed, index))
+        return make_scene(seed, index, *a, **k)
+
+    monkeypatch.setattr(toyworld, "make_scene", spy)  # seen in-process (--workers 0)
     args = ["--steps", "3", "--batch", "4", "--pool", "8", "--refresh", "5", "--crop-prob", "0.5"]
     args += ["--heldout", "40"]
     for workers in ("0", "2"):
@@ -171,6 +179,10 @@ def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys):
         report = json.loads((out / "toy-teacher.report.json").read_text())
         assert report["refresh"] == 5 and report["scenes_seen"] == 8 + 5 * 2
         assert 0.0 <= report["things_map"] <= 1.0
+        if workers == "0":  # pool 0-7, then scenes 8-12 and 13-17 of the training stream
+            train_seed = pretrain_teacher.TRAIN_SEED
+            assert [i for sd, i in made if sd == train_seed] == list(range(18))
+            monkeypatch.undo()  # worker processes get the real function
     a, b = (torch.load(tmp_path / w / "toy-teacher.pt")["state_dict"] for w in ("0", "2"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
