@@ -123,6 +123,10 @@ def test_config_presets_and_overrides(tmp_path):
         load_config("toy", ["--steps=many"])
     with pytest.raises(ValueError, match="--key=value"):
         load_config("toy", ["--steps"])
+    with pytest.raises(ValueError, match=r"--unknown_space='pixel': choose one of \['image'"):
+        load_config("toy", ["--unknown_space=pixel", "--unknown_prototypes=0"])
+    with pytest.raises(ValueError, match=r"--top_stride=8: choose one of \[16, 32\]"):
+        load_config("toy", ["--top_stride=8"])
     assert load_config("toy").model_hash() != load_config("toy", ["--backbone=vit"]).model_hash()
     assert load_config("toy").model_hash() == load_config("toy", ["--steps=3"]).model_hash()
 

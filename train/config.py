@@ -115,6 +115,10 @@ def _coerce(name: str, typ, text: str):
     return text
 
 
+# fields with a closed set of values (the others are checked where they are used)
+CHOICES = {"top_stride": (16, 32), "unknown_space": ("image", "text")}
+
+
 def load_config(preset: str | None = None, overrides: list[str] = ()) -> TrainConfig:
     """Preset JSON (``train/presets/<name>.json`` or a path) + ``key=value`` overrides."""
     known = {f.name: f for f in fields(TrainConfig)}
@@ -139,4 +143,8 @@ def load_config(preset: str | None = None, overrides: list[str] = ()) -> TrainCo
                 f"unknown config key {key!r}" + (f"; did you mean {close}?" if close else "")
             )
         values[key] = _coerce(key, known[key].type, text)
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    for key, allowed in CHOICES.items():  # checked here, before a teacher is loaded
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"--{key}={getattr(cfg, key)!r}: choose one of {list(allowed)}")
+    return cfg
