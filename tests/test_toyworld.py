@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,30 @@ def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert pretrain_teacher.main([*args[:6], "--refresh", "9"]) == 2
     assert "--refresh <= --pool" in capsys.readouterr().err
+
+
+def test_teacher_pretraining_continues_from_init(tmp_path, capsys):
+    """--init starts from a teacher checkpoint: one step at a negligible learning rate
+    saves the committed teacher's weights back unchanged (float16 storage); a checkpoint
+    of another architecture is a clear error."""
+    pytest.importorskip("open_clip")
+    import torch
+
+    from train import pretrain_teacher
+
+    assets = Path(pretrain_teacher.REPO) / "train" / "assets"
+    args = ["--steps", "1", "--batch", "4", "--pool", "8", "--heldout", "20", "--lr", "1e-12"]
+    args += ["--init", str(assets / "toy-teacher.pt"), "--config", str(assets / "toy-teacher.json")]
+    assert pretrain_teacher.main([*args, "--out", str(tmp_path / "a")]) == 0
+    before = torch.load(assets / "toy-teacher.pt")["state_dict"]
+    after = torch.load(tmp_path / "a" / "toy-teacher.pt")["state_dict"]
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    other = json.loads((assets / "toy-teacher.json").read_text())
+    other["text_cfg"]["width"] = 64
+    (tmp_path / "toy-teacher.json").write_text(json.dumps(other))
+    args[args.index("--config") + 1] = str(tmp_path / "toy-teacher.json")
+    capsys.readouterr()
+    assert pretrain_teacher.main([*args, "--out", str(tmp_path / "b")]) == 2
+    assert "does not fit --config" in capsys.readouterr().err
+    assert pretrain_teacher.main(["--init", str(tmp_path / "missing.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

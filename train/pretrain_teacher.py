@@ -220,6 +220,7 @@ def pretrain(
     measure_every: int = 0,
     workers: int = 0,
     heldout_count: int = 500,
+    init: Path | None = None,
 ) -> dict:
     import open_clip
 
@@ -227,6 +228,14 @@ def pretrain(
     open_clip.add_model_config(config)
     name = config.stem
     model = open_clip.create_model(name).to(device)
+    if init is not None:  # continue a teacher (weights only: optimiser and schedule restart)
+        state = torch.load(init, map_location="cpu", weights_only=True)["state_dict"]
+        try:
+            model.load_state_dict(
+                {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            )
+        except RuntimeError as e:
+            raise ValueError(f"--init {init} does not fit --config {config}: {e}") from None
     tokenizer = open_clip.get_tokenizer(name)
     size = model.visual.image_size[0]
     t0 = time.time()
@@ -324,6 +333,7 @@ def pretrain(
         "pool": pool,
         "refresh": refresh,
         "scenes_seen": fresh,
+        "init": str(init) if init else None,
         "seed": seed,
         "crop_prob": crop_prob,
         "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
@@ -366,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--heldout", type=int, default=500, help="held-out scenes in the report (toy seed 2000)"
     )
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="start from this teacher checkpoint (weights only), e.g. to continue a run "
+        "across sessions; pass another --seed so that new scenes are drawn",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--crop-prob",
@@ -402,27 +418,35 @@ def main(argv: list[str] | None = None) -> int:
         held = measure(model, open_clip.get_tokenizer(name), model.visual.image_size[0], scenes)
         print(json.dumps(held, indent=2))
         return 0
+    if args.init is not None and not args.init.is_file():
+        print(f"error: --init {args.init}: no such checkpoint", file=sys.stderr)
+        return 2
     if not 0.0 <= args.crop_prob <= 1.0:
         print("error: --crop-prob must be within [0, 1]", file=sys.stderr)
         return 2
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    report = pretrain(
-        args.config,
-        args.out,
-        args.steps,
-        args.batch,
-        args.lr,
-        args.pool,
-        args.seed,
-        crop_prob=args.crop_prob,
-        device=device,
-        refresh=args.refresh,
-        measure_every=args.measure_every,
-        workers=args.workers,
-        heldout_count=args.heldout,
-    )
+    try:
+        report = pretrain(
+            args.config,
+            args.out,
+            args.steps,
+            args.batch,
+            args.lr,
+            args.pool,
+            args.seed,
+            crop_prob=args.crop_prob,
+            device=device,
+            refresh=args.refresh,
+            measure_every=args.measure_every,
+            workers=args.workers,
+            heldout_count=args.heldout,
+            init=args.init,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(report, indent=2))
     return 0
 
