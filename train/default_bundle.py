@@ -1,12 +1,13 @@
 """Rebuild the artifacts embedded in ``clips4rt/``: the default toy bundle, its class
 list and the demo scene behind ``clips4rt demo``.
 
-    python -m train --preset toy                       # ~11 min on 2 cores
+    python -m train --preset toy                       # ~9 min on 2 cores
     python -m train.default_bundle --checkpoint runs/toy/step_0000500.pt
 
-exports the CLIP-S4 student of the toy preset (resnet10t + FPN) with the toy teacher's
-text graph as ``clips4rt/models/toy.onnx`` (+ ``toy.text.onnx``; ImageNet templates,
-input size 192, weights stored as float16 as with ``train.export --fp16-weights``).
+exports the CLIP-S4 student of the toy preset (resnet10t without its last stage, + FPN)
+with the toy teacher's text graph as ``clips4rt/models/toy.onnx`` (+ ``toy.text.onnx``;
+ImageNet templates, input size 192, weights stored as float16 as with ``train.export
+--fp16-weights``).
 ``--dense sclip --input-size 96`` exports the toy teacher itself
 (``train/assets/toy-teacher.*``) as a training-free dense bundle instead. Also writes
 ``clips4rt/models/toy.classes.txt`` and ``clips4rt/data/demo_scene.png`` (toy world
