@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     open_clip.add_model_config(args.config)
     visual = open_clip.create_model(args.config.stem).visual.to(device)
     size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
-    head = torch.nn.Linear(visual.output_dim, len(toyworld.CLASSES)).to(device)
+    embed_dim = json.loads(args.config.read_text())["embed_dim"]  # timm towers: no output_dim
+    head = torch.nn.Linear(embed_dim, len(toyworld.CLASSES)).to(device)
     pool = [toyworld.make_scene(TRAIN_SEED, i) for i in range(args.pool)]
     held = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(args.heldout)]
     label = lambda scenes: np.array(  # noqa: E731
