@@ -36,6 +36,7 @@ from train.pretrain_teacher import (  # noqa: E402
     TRAIN_SEED,
     _images,
     average_precision,
+    presence,
 )
 
 
@@ -63,14 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     open_clip.add_model_config(args.config)
     visual = open_clip.create_model(args.config.stem).visual.to(device)
     size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
-    embed_dim = json.loads(args.config.read_text())["embed_dim"]  # timm towers: no output_dim
+    embed_dim = open_clip.get_model_config(args.config.stem)["embed_dim"]  # timm: no output_dim
     head = torch.nn.Linear(embed_dim, len(toyworld.CLASSES)).to(device)
     pool = [toyworld.make_scene(TRAIN_SEED, i) for i in range(args.pool)]
     held = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(args.heldout)]
-    label = lambda scenes: np.array(  # noqa: E731
-        [[c in s.classes for c in toyworld.CLASSES] for s in scenes], np.float32
-    )
-    y, y_held = torch.from_numpy(label(pool)), label(held)
+    y, y_held = torch.from_numpy(presence(pool).astype(np.float32)), presence(held)
     x_held = _images(held, size)
     params = [*visual.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1)

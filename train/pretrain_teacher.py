@@ -127,11 +127,13 @@ def _recall(sim: np.ndarray, scenes) -> float:
     return hits / total
 
 
-def _ap(sim: np.ndarray, scenes) -> dict[str, float]:
-    return {
-        c: average_precision(sim[:, j], np.array([c in s.classes for s in scenes]))
-        for j, c in enumerate(toyworld.CLASSES)
-    }
+def presence(scenes) -> np.ndarray:
+    """(scenes, classes) bool: which of ``toyworld.CLASSES`` each scene contains."""
+    return np.array([[c in s.classes for c in toyworld.CLASSES] for s in scenes], bool)
+
+
+def _ap(sim: np.ndarray, present: np.ndarray) -> dict[str, float]:
+    return {c: average_precision(sim[:, j], present[:, j]) for j, c in enumerate(toyworld.CLASSES)}
 
 
 def presence_recall(model, tokenizer, scenes, size: int) -> float:
@@ -143,7 +145,7 @@ def presence_ap(model, tokenizer, scenes, size: int) -> dict[str, float]:
     """Per class: average precision of ranking the scenes by global image-text
     similarity ("a photo of a {c}.") for "does the scene contain c". A class the
     teacher never learned scores its base rate (its share of scenes)."""
-    return _ap(_similarities(model, tokenizer, scenes, size), scenes)
+    return _ap(_similarities(model, tokenizer, scenes, size), presence(scenes))
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -190,8 +192,8 @@ def measure(model, tokenizer, size: int, heldout=None) -> dict:
     if heldout is None:
         heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(500)]
     sim, feats = _similarities(model, tokenizer, heldout, size, features=True)  # one pass
-    ap = _ap(sim, heldout)
-    present = np.array([[c in s.classes for c in toyworld.CLASSES] for s in heldout])
+    present = presence(heldout)
+    ap = _ap(sim, present)
     probe = dict(zip(toyworld.CLASSES, probe_ap(feats, present)))
     base = dict(zip(toyworld.CLASSES, present.mean(0)))
     mean = lambda names, d: round(float(np.mean([d[c] for c in names])), 4)  # noqa: E731
