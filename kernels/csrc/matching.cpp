@@ -1,22 +1,32 @@
-#include "matching.h"
-
+// Prototype matching with fused bilinear upsampling: threads, buffers and the choice
+// of instruction set. The arithmetic is in matching_simd.h.
+//
+// Work, for an (H, W) output of K classes from (D, h, w) embeddings:
+//   1. cosines: K x D x h*w multiply-adds, reading the embeddings once (tiles of
+//      G classes x 2 vectors of pixels, accumulators in registers);
+//   2. each needed low-resolution row resampled along x into (K, tile) buffers that
+//      stay in L2 (K x h x W lerps in all: the scattered reads happen at low
+//      resolution only);
+//   3. per output row: K lerps along y, a running argmax, K exps for the winner's
+//      softmax, in vectors of output pixels; the three (H, W) outputs written once.
+// Nothing of size K x H x W is ever materialised.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
+
+#include "matching.h"
 
 namespace clips4rt {
 namespace {
 
-// Runs fn(begin, end) over [0, n) split into contiguous chunks, one per thread.
 template <class Fn>
-void parallel_for(std::size_t n, int threads, Fn fn) {
-  std::size_t t = threads > 0 ? static_cast<std::size_t>(threads)
-                              : std::max(1u, std::thread::hardware_concurrency());
+void parallel_for(std::size_t n, std::size_t t, Fn fn) {
   t = std::max<std::size_t>(1, std::min(t, n));
   if (t == 1) {
-    fn(std::size_t{0}, n);
+    fn(std::size_t{0}, std::size_t{0}, n);
     return;
   }
   std::vector<std::thread> pool;
@@ -24,92 +34,141 @@ void parallel_for(std::size_t n, int threads, Fn fn) {
   const std::size_t chunk = (n + t - 1) / t;
   for (std::size_t i = 1; i < t; ++i) {
     const std::size_t b = i * chunk, e = std::min(n, b + chunk);
-    if (b < e) pool.emplace_back(fn, b, e);
+    if (b < e) pool.emplace_back(fn, i, b, e);
   }
-  fn(std::size_t{0}, std::min(n, chunk));
+  fn(std::size_t{0}, std::size_t{0}, std::min(n, chunk));
   for (auto& th : pool) th.join();
 }
 
-// Source index pair and weight of torch's bilinear, align_corners=False.
-struct Tap {
-  std::size_t i0, i1;
-  double l1;
+// torch's bilinear source taps (align_corners=False), computed in float64.
+struct TapTable {
+  std::vector<std::int32_t> i0, i1;
+  std::vector<float> l;
+  std::vector<std::uint32_t> run_end;
+  TapTable(std::size_t in, std::size_t out, std::size_t pad)
+      : i0(out), i1(out), l(out + pad, 0.0f) {
+    const double scale = static_cast<double>(in) / static_cast<double>(out);
+    for (std::size_t o = 0; o < out; ++o) {
+      const double src = std::max(0.0, (static_cast<double>(o) + 0.5) * scale - 0.5);
+      const std::size_t a = std::min(static_cast<std::size_t>(src), in - 1);
+      i0[o] = static_cast<std::int32_t>(a);
+      i1[o] = static_cast<std::int32_t>(std::min(a + 1, in - 1));
+      l[o] = static_cast<float>(src - static_cast<double>(a));
+    }
+    for (std::size_t o = 1; o <= out; ++o)
+      if (o == out || i0[o] != i0[o - 1] || i1[o] != i1[o - 1])
+        run_end.push_back(static_cast<std::uint32_t>(o));
+  }
+  Taps view() const { return {i0.data(), i1.data(), l.data(), run_end.data()}; }
 };
 
-std::vector<Tap> make_taps(std::size_t in, std::size_t out) {
-  std::vector<Tap> taps(out);
-  const double scale = static_cast<double>(in) / static_cast<double>(out);
-  for (std::size_t o = 0; o < out; ++o) {
-    double src = (static_cast<double>(o) + 0.5) * scale - 0.5;
-    if (src < 0) src = 0;
-    std::size_t i0 = std::min(static_cast<std::size_t>(src), in - 1);
-    std::size_t i1 = std::min(i0 + 1, in - 1);
-    taps[o] = {i0, i1, src - static_cast<double>(i0)};
+// End of the band that starts at output row y: the rows that share both source
+// rows and whose weights are evenly spaced (the clamped top rows are a band of their own).
+std::size_t band_end(const TapTable& t, std::size_t y, std::size_t stop) {
+  std::size_t e = y + 1;
+  while (e < stop && t.i0[e] == t.i0[y] && t.i1[e] == t.i1[y] &&
+         (e == y + 1 ||
+          std::fabs((t.l[e] - t.l[e - 1]) - (t.l[y + 1] - t.l[y])) <= 1e-6f))
+    ++e;
+  return e;
+}
+
+bool cpu_has(const char* isa) {
+#if defined(CLIPS4RT_X86) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (!std::strcmp(isa, "avx512"))
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!std::strcmp(isa, "avx2"))
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return !std::strcmp(isa, "generic");
+}
+
+const IsaKernels* const kAll[] = {
+#if defined(CLIPS4RT_X86)
+    &kAvx512, &kAvx2,
+#endif
+    &kGeneric};
+
+struct Available {
+  std::vector<const IsaKernels*> kernels;
+  std::vector<const char*> names;
+  Available() {
+    for (const IsaKernels* k : kAll)
+      if (cpu_has(k->name)) {
+        kernels.push_back(k);
+        names.push_back(k->name);
+      }
   }
-  return taps;
+};
+
+const Available& available() {
+  static const Available a;
+  return a;
 }
 
 }  // namespace
 
-bool match_upsample(const float* emb, std::size_t D, std::size_t h, std::size_t w,
-                    const float* protos, std::size_t K, double logit_scale,
-                    std::int32_t* labels, float* scores, float* probs,
-                    std::size_t H, std::size_t W, int threads) {
-  const std::size_t P = h * w;
-  // 1) Low-resolution cosines, laid out (P, K) so the upsampling reads K contiguous.
-  std::vector<double> cos(P * K);
-  std::atomic<bool> finite{true};
-  parallel_for(P, threads, [&](std::size_t b, std::size_t e) {
-    std::vector<double> acc(e - b);
-    for (std::size_t k = 0; k < K; ++k) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      const float* pk = protos + k * D;
-      for (std::size_t d = 0; d < D; ++d) {
-        const double c = pk[d];
-        const float* row = emb + d * P;
-        for (std::size_t p = b; p < e; ++p) acc[p - b] += c * static_cast<double>(row[p]);
-      }
-      for (std::size_t p = b; p < e; ++p) {
-        if (!std::isfinite(acc[p - b])) finite = false;
-        cos[p * K + k] = acc[p - b];
-      }
-    }
-  });
-  if (!finite) return false;
+const char* const* available_isas(std::size_t* count) {
+  *count = available().names.size();
+  return available().names.data();
+}
 
-  // 2) Separable bilinear resampling fused with argmax / max / softmax-of-winner.
-  const std::vector<Tap> ty = make_taps(h, H), tx = make_taps(w, W);
-  const float fscale = static_cast<float>(logit_scale);
-  parallel_for(H, threads, [&](std::size_t yb, std::size_t ye) {
-    std::vector<double> line(w * K);  // the output row interpolated along y, (w, K)
-    std::vector<double> v(K);
-    for (std::size_t y = yb; y < ye; ++y) {
-      const Tap t = ty[y];
-      const double* r0 = cos.data() + t.i0 * w * K;
-      const double* r1 = cos.data() + t.i1 * w * K;
-      for (std::size_t i = 0; i < w * K; ++i) line[i] = r0[i] + t.l1 * (r1[i] - r0[i]);
-      // (a + l*(b-a)) equals torch's (1-l)*a + l*b up to rounding; labels are
-      // compared against the numpy reference, which uses this same form.
-      for (std::size_t x = 0; x < W; ++x) {
-        const Tap s = tx[x];
-        const double* a = line.data() + s.i0 * K;
-        const double* c = line.data() + s.i1 * K;
-        std::size_t best = 0;
-        double vmax = -INFINITY;
-        for (std::size_t k = 0; k < K; ++k) {
-          v[k] = a[k] + s.l1 * (c[k] - a[k]);
-          if (v[k] > vmax) {
-            vmax = v[k];
-            best = k;
+bool match_upsample(const MatchArgs& a, int threads, const char* isa) {
+  const IsaKernels* kern = nullptr;
+  for (const IsaKernels* k : available().kernels)
+    if (!std::strcmp(isa, "auto") || !std::strcmp(isa, k->name)) {
+      kern = k;
+      break;
+    }
+  if (kern == nullptr) return false;  // the binding checks the name first
+  const std::size_t nthreads =
+      threads > 0 ? static_cast<std::size_t>(threads)
+                  : std::max(1u, std::thread::hardware_concurrency());
+  const std::size_t K = a.K, P = a.h * a.w, lanes = kern->lanes;
+
+  // 1) cosines (K, h, w); threads take chunks of whole pixel tiles
+  std::vector<float> cos(K * P);
+  const std::size_t tile = 2 * lanes;
+  const std::size_t ntiles = (P + tile - 1) / tile;
+  std::vector<char> ok(nthreads, 1);
+  parallel_for(ntiles, nthreads, [&](std::size_t t, std::size_t b, std::size_t e) {
+    ok[t] = kern->cosines(a.emb, a.D, P, a.protos, K, cos.data(), b * tile,
+                          std::min(P, e * tile));
+  });
+  if (std::find(ok.begin(), ok.end(), 0) != ok.end()) return false;
+
+  // 2) + 3) threads take bands of output rows; each walks its band once per column
+  // tile, keeping the two x-resampled low-res rows the current output row needs.
+  const TapTable ty(a.h, a.H, 0), tx(a.w, a.W, 2 * lanes);
+  const std::size_t budget = 256 * 1024 / (2 * sizeof(float) * K);  // both rows in L2
+  const std::size_t cols = std::max(lanes, budget / lanes * lanes);
+  const std::size_t width = std::min(cols, (a.W + lanes - 1) / lanes * lanes);
+  const std::size_t stride = width + lanes;  // a run's last vector may spill past n
+  // Bands are cut the same way whatever the thread count, so results do not depend
+  // on it (the softmax recurrence restarts at each band).
+  std::vector<std::size_t> bands{0};
+  while (bands.back() < a.H) bands.push_back(band_end(ty, bands.back(), a.H));
+  parallel_for(bands.size() - 1, nthreads, [&](std::size_t, std::size_t bb, std::size_t be) {
+    std::vector<float> rows(2 * K * stride), tmp(4 * K * lanes);
+    for (std::size_t xb = 0; xb < a.W; xb += width) {
+      const std::size_t n = std::min(width, a.W - xb);
+      std::int64_t held[2] = {-1, -1};  // which low-res row each slot holds
+      for (std::size_t b = bb; b < be; ++b) {
+        const std::size_t y = bands[b], end = bands[b + 1];
+        const std::int32_t r[2] = {ty.i0[y], ty.i1[y]};
+        for (std::int32_t yl : r) {
+          float* slot = rows.data() + (yl & 1) * K * stride;
+          if (held[yl & 1] != yl) {
+            kern->resample_row(cos.data(), K, a.h, a.w, yl, tx.view(), xb, n, slot, stride);
+            held[yl & 1] = yl;
           }
         }
-        float denom = 0.f;
-        for (std::size_t k = 0; k < K; ++k)
-          denom += std::exp(fscale * static_cast<float>(v[k] - vmax));
-        const std::size_t o = y * W + x;
-        labels[o] = static_cast<std::int32_t>(best);
-        scores[o] = static_cast<float>(vmax);
-        probs[o] = 1.f / denom;
+        kern->reduce_band(rows.data() + (r[0] & 1) * K * stride,
+                          rows.data() + (r[1] & 1) * K * stride, ty.l.data() + y, end - y, K,
+                          stride, n, a, y, xb, tmp.data());
       }
     }
   });

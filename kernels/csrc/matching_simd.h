@@ -1,0 +1,341 @@
+// The matching kernels for one instruction set. Included by matching_<isa>.cpp with
+// C4RT_ISA (a namespace), C4RT_NAME (its string), C4RT_LANES (floats per vector) and
+// C4RT_TABLE (the IsaKernels object to define); those files are compiled with that ISA's flags.
+//
+// Rules for this file: everything has internal linkage except the table, and no
+// standard-library template is used. An inline function instantiated here with
+// AVX-512 flags could otherwise be the copy the linker keeps for the whole
+// extension and crash a CPU without AVX-512.
+//
+// GCC/Clang vector extensions: one source for every width (the compiler lowers a
+// 16-float vector to two AVX2 or four SSE/NEON registers where needed).
+#include <cstddef>
+#include <cstdint>
+
+#include "matching.h"
+
+namespace clips4rt {
+namespace C4RT_ISA {
+namespace {
+
+constexpr std::size_t L = C4RT_LANES;
+typedef float V __attribute__((vector_size(4 * L)));
+typedef std::int32_t VI __attribute__((vector_size(4 * L)));
+
+inline V splat(float x) { return V{} + x; }
+inline VI splati(std::int32_t x) { return VI{} + x; }
+inline V load(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
+inline void storei(std::int32_t* p, VI v) { __builtin_memcpy(p, &v, sizeof v); }
+inline std::size_t min_(std::size_t a, std::size_t b) { return a < b ? a : b; }
+
+// exp(x) for x <= 88 (x < -87 gives exp(-87) ~ 1.6e-38, harmless in our sums).
+// Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial; max relative
+// error ~2 ulp. 2^n is built in the exponent bits (n >= -126: a normal float).
+inline V exp_(V x) {
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  V n = (x * 1.44269504088896341f + magic) - magic;
+  V r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  V scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// G classes x NB vectors of pixels per tile: G * NB accumulators stay in registers
+// (12 of AVX-512's 32 at G = 6, NB = 2); each embedding load feeds G FMAs and each
+// broadcast prototype weight NB FMAs.
+constexpr std::size_t NB = 2;
+constexpr std::size_t G = L >= 16 ? 6 : 4;
+
+template <std::size_t g, bool prefetch = false>
+inline void cos_tile(const float* emb, std::size_t D, std::size_t P, const float* protos,
+                     float* cos, std::size_t p) {
+  V acc[g][NB];
+  for (std::size_t j = 0; j < g; ++j)
+    for (std::size_t n = 0; n < NB; ++n) acc[j][n] = V{};
+  for (std::size_t d = 0; d < D; ++d) {
+    V e[NB];
+    for (std::size_t n = 0; n < NB; ++n) e[n] = load(emb + d * P + p + n * L);
+    if (prefetch)  // the next tile's lines: D rows P floats apart defeat the prefetchers
+      for (std::size_t b = 0; b < NB * L * 4; b += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(emb + d * P + p + NB * L) + b);
+    for (std::size_t j = 0; j < g; ++j) {
+      const V c = splat(protos[j * D + d]);
+      for (std::size_t n = 0; n < NB; ++n) acc[j][n] += c * e[n];
+    }
+  }
+  for (std::size_t j = 0; j < g; ++j)
+    for (std::size_t n = 0; n < NB; ++n) store(cos + j * P + p + n * L, acc[j][n]);
+}
+
+bool cosines(const float* emb, std::size_t D, std::size_t P, const float* protos,
+             std::size_t K, float* cos, std::size_t pb, std::size_t pe) {
+  // Pixel tiles outside, class groups inside: a tile's D x 2L embeddings come from
+  // memory once and stay in L1/L2 for the other groups.
+  const std::size_t tiled = pb + (pe - pb) / (NB * L) * (NB * L);
+  for (std::size_t p = pb; p < tiled; p += NB * L) {
+    for (std::size_t k = 0; k < K; k += G) {
+      const float* pk = protos + k * D;
+      float* ck = cos + k * P;
+      switch (min_(G, K - k)) {
+        case 1: cos_tile<1>(emb, D, P, pk, ck, p); break;
+        case 2: cos_tile<2>(emb, D, P, pk, ck, p); break;
+        case 3: cos_tile<3>(emb, D, P, pk, ck, p); break;
+        case 4: cos_tile<4>(emb, D, P, pk, ck, p); break;
+        case 5: cos_tile<5>(emb, D, P, pk, ck, p); break;
+        default:
+          if (k == 0)
+            cos_tile<G, true>(emb, D, P, pk, ck, p);
+          else
+            cos_tile<G>(emb, D, P, pk, ck, p);
+          break;
+      }
+    }
+  }
+  for (std::size_t k = 0; k < K; ++k) {  // the last < NB * L pixels, one at a time
+    for (std::size_t p = tiled; p < pe; ++p) {
+      float acc = 0.f;
+      for (std::size_t d = 0; d < D; ++d) acc += protos[k * D + d] * emb[d * P + p];
+      cos[k * P + p] = acc;
+    }
+  }
+  V bad = V{};  // 0 * inf and 0 * NaN are NaN: any non-finite cosine poisons it
+  std::size_t nbad = 0;
+  for (std::size_t k = 0; k < K; ++k) {
+    const float* ck = cos + k * P;
+    std::size_t p = pb;
+    for (; p + L <= pe; p += L) bad += load(ck + p) * 0.0f;
+    for (; p < pe; ++p) nbad += !(ck[p] * 0.0f == 0.0f);
+  }
+  for (std::size_t i = 0; i < L; ++i) nbad += !(bad[i] == 0.0f);
+  return nbad == 0;
+}
+
+void resample_row(const float* cos, std::size_t K, std::size_t h, std::size_t w,
+                  std::size_t yl, Taps tx, std::size_t xb, std::size_t n, float* out,
+                  std::size_t stride) {
+  // Runs of output columns share their taps: out = a + l[x] * d with a, d scalars, so
+  // each run is a few vector FMAs (a vector may spill past its run: the next run, or
+  // the padding at the end of the row, overwrites it).
+  (void)h;
+  (void)w;
+  const std::size_t xe = xb + n;
+  std::size_t r = 0;
+  while (tx.run_end[r] <= xb) ++r;  // first run that reaches into the tile
+  const std::size_t r0 = r;
+  for (std::size_t k = 0; k < K; ++k) {
+    const float* src = cos + (k * h + yl) * w;
+    float* dst = out + k * stride - xb;
+    std::size_t start = xb;
+    for (r = r0; start < xe; ++r) {
+      const std::size_t end = min_(tx.run_end[r], xe);
+      const float va = src[tx.i0[start]], vd = src[tx.i1[start]] - va;
+      for (std::size_t x = start; x < end; x += L) store(dst + x, va + load(tx.l + x) * vd);
+      start = end;
+    }
+  }
+}
+
+inline bool all_lanes(VI mask) {
+  std::int32_t r = -1;
+  for (std::size_t i = 0; i < L; ++i) r &= mask[i];
+  return r != 0;
+}
+
+inline void write(const MatchArgs& a, std::size_t o, std::size_t valid, VI best, V m, V prob) {
+  // without probs (labels-only mode) prob is 1 and the threshold is 0
+  const VI bg = (best >= splati(a.n_classes)) | (prob < splat(a.threshold));
+  best = bg ? splati(-1) : best;
+  if (valid >= L) {
+    storei(a.labels + o, best);
+    if (a.scores) store(a.scores + o, m);
+    if (a.probs) store(a.probs + o, prob);
+  } else {
+    for (std::size_t i = 0; i < valid; ++i) {
+      a.labels[o + i] = best[i];
+      if (a.scores) a.scores[o + i] = m[i];
+      if (a.probs) a.probs[o + i] = prob[i];
+    }
+  }
+}
+
+// A band: output rows y .. y + rows - 1 between the same two x-resampled source rows
+// A and B, at evenly spaced weights ly[0..rows). For each vector of columns:
+//   s_k(j) = A_k + ly[j] * (B_k - A_k)                      (argmax, scores)
+//   E_k(j) = exp(t (s_k(j) - c)) = E_k(j - 1) * exp(t dly (B_k - A_k))
+// so the softmax needs 2 exps per class and band instead of one per output row
+// (the band's reference c = max over both rows keeps every E_k <= 1). Where the band
+// spans too wide a logit range for float32 (t (c - min_k s_k) >= 80: some E_k or
+// R_k would leave the normal range), the vector falls back to one exp per class and row.
+// Rows go in blocks of RB whose running max, argmax and sums stay in registers.
+constexpr std::size_t RB = L >= 16 ? 4 : 2;
+
+template <std::size_t nb, bool recur, bool sums = true>
+inline void rows_block(const float* tA, const float* tD, float* tE, const float* tR,
+                       std::size_t K, const float* ly, V t, const MatchArgs& a,
+                       std::size_t o, std::size_t valid) {
+  V lj[nb], m[nb], sum[nb], ew[nb];
+  VI best[nb];
+  for (std::size_t j = 0; j < nb; ++j) {
+    lj[j] = splat(ly[j]);
+    m[j] = splat(-__builtin_huge_valf());
+    sum[j] = ew[j] = V{};
+    best[j] = VI{};
+  }
+  for (std::size_t k = 0; k < K; ++k) {
+    const V va = load(tA + k * L), vd = load(tD + k * L);
+    const VI vk = splati(static_cast<std::int32_t>(k));
+    V e{}, r{};
+    if (recur) {
+      e = load(tE + k * L);
+      r = load(tR + k * L);
+    }
+    for (std::size_t j = 0; j < nb; ++j) {
+      const V v = va + lj[j] * vd;
+      const VI gt = v > m[j];  // strict: the first index wins an exact tie
+      m[j] = gt ? v : m[j];
+      best[j] = gt ? vk : best[j];
+      if (recur) {
+        sum[j] += e;
+        ew[j] = gt ? e : ew[j];
+        e *= r;
+      }
+    }
+    if (recur) store(tE + k * L, e);
+  }
+  if (!recur && sums) {
+    for (std::size_t k = 0; k < K; ++k) {
+      const V va = load(tA + k * L), vd = load(tD + k * L);
+      for (std::size_t j = 0; j < nb; ++j) sum[j] += exp_((va + lj[j] * vd - m[j]) * t);
+    }
+  }
+  if (!recur) {
+    for (std::size_t j = 0; j < nb; ++j) {
+      ew[j] = splat(1.0f);
+      if (!sums) sum[j] = splat(1.0f);
+    }
+  }
+  for (std::size_t j = 0; j < nb; ++j) write(a, o + j * a.W, valid, best[j], m[j], ew[j] / sum[j]);
+}
+
+template <bool recur, bool sums = true>
+void rows_blocks(const float* tA, const float* tD, float* tE, const float* tR, std::size_t K,
+                 const float* ly, std::size_t rows, V t, const MatchArgs& a, std::size_t o,
+                 std::size_t valid) {
+  std::size_t j = 0;
+  for (; j + RB <= rows; j += RB)
+    rows_block<RB, recur, sums>(tA, tD, tE, tR, K, ly + j, t, a, o + j * a.W, valid);
+  for (; j < rows; ++j)
+    rows_block<1, recur, sums>(tA, tD, tE, tR, K, ly + j, t, a, o + j * a.W, valid);
+}
+
+// Columns whose winner is the same class at both source rows keep it on the whole
+// band (s_k is linear in ly, so a class that leads at both ends leads in between, and
+// the first index still wins ties): there only the softmax sum is left to compute,
+// 2 flops per class and pixel with the recurrence, RD rows of sums in registers.
+constexpr std::size_t RD = L >= 16 ? 8 : 4;
+
+template <std::size_t nb>
+inline void decided_block(float* tE, const float* tR, std::size_t K, const float* ly, V aw,
+                          V dw, VI w, V& ew, V rw, const MatchArgs& a, std::size_t o,
+                          std::size_t valid) {
+  V sum[nb];
+  for (std::size_t j = 0; j < nb; ++j) sum[j] = V{};
+  for (std::size_t k = 0; k < K; ++k) {
+    V e = load(tE + k * L);
+    const V r = load(tR + k * L);
+    for (std::size_t j = 0; j < nb; ++j) {
+      sum[j] += e;
+      e *= r;
+    }
+    store(tE + k * L, e);
+  }
+  for (std::size_t j = 0; j < nb; ++j) {
+    write(a, o + j * a.W, valid, w, aw + splat(ly[j]) * dw, ew / sum[j]);
+    ew *= rw;
+  }
+}
+
+void reduce_band(const float* A, const float* B, const float* ly, std::size_t rows,
+                 std::size_t K, std::size_t stride, std::size_t n, const MatchArgs& a,
+                 std::size_t y, std::size_t xb, float* tmp) {
+  float *tA = tmp, *tD = tmp + K * L, *tE = tmp + 2 * K * L, *tR = tmp + 3 * K * L;
+  const V t = splat(a.logit_scale), ninf = splat(-__builtin_huge_valf());
+  const float dly = rows > 1 ? ly[1] - ly[0] : 0.0f;
+  for (std::size_t x = 0; x < n; x += L) {
+    V c, lo = -ninf, ma = ninf, mb = ninf, aw = V{}, dw = V{};
+    VI wa = VI{}, wb = VI{};
+    for (std::size_t k = 0; k < K; ++k) {
+      const V va = load(A + k * stride + x), vd = load(B + k * stride + x) - va;
+      const V vb = va + vd;
+      store(tA + k * L, va);
+      store(tD + k * L, vd);
+      const VI vk = splati(static_cast<std::int32_t>(k));
+      const VI ga = va > ma, gb = vb > mb;
+      ma = ga ? va : ma;
+      wa = ga ? vk : wa;
+      aw = ga ? va : aw;
+      dw = ga ? vd : dw;
+      mb = gb ? vb : mb;
+      wb = gb ? vk : wb;
+      const V low = va < vb ? va : vb;
+      lo = lo < low ? lo : low;
+    }
+    c = ma > mb ? ma : mb;
+    const std::size_t o = y * a.W + xb + x;
+    if (!a.probs) {  // labels (and scores) only: no softmax
+      if (all_lanes(wa == wb)) {
+        for (std::size_t j = 0; j < rows; ++j)
+          write(a, o + j * a.W, n - x, wa, aw + splat(ly[j]) * dw, splat(1.0f));
+      } else {
+        rows_blocks<false, false>(tA, tD, tE, tR, K, ly, rows, t, a, o, n - x);
+      }
+      continue;
+    }
+    // every E_k(j) and R_k lies in [exp(-80), exp(80)]: normal floats, no clamping
+    const bool recur = rows > 1 && all_lanes(t * (c - lo) < 80.0f);
+    if (recur) {
+      const V l0 = splat(ly[0]), step = t * dly;
+      for (std::size_t k = 0; k < K; ++k) {
+        const V va = load(tA + k * L), vd = load(tD + k * L);
+        store(tE + k * L, exp_(t * (va + l0 * vd - c)));
+        store(tR + k * L, exp_(step * vd));
+      }
+      if (all_lanes(wa == wb)) {
+        V ew = exp_(t * (aw + l0 * dw - c));
+        const V rw = exp_(step * dw);
+        std::size_t j = 0;
+        for (; j + RD <= rows; j += RD)
+          decided_block<RD>(tE, tR, K, ly + j, aw, dw, wa, ew, rw, a, o + j * a.W, n - x);
+        for (; j < rows; ++j)
+          decided_block<1>(tE, tR, K, ly + j, aw, dw, wa, ew, rw, a, o + j * a.W, n - x);
+      } else {
+        rows_blocks<true>(tA, tD, tE, tR, K, ly, rows, t, a, o, n - x);
+      }
+    } else {
+      rows_blocks<false>(tA, tD, tE, tR, K, ly, rows, t, a, o, n - x);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace C4RT_ISA
+
+const IsaKernels C4RT_TABLE = {C4RT_NAME, C4RT_LANES, C4RT_ISA::cosines, C4RT_ISA::resample_row,
+                               C4RT_ISA::reduce_band};
+
+}  // namespace clips4rt

@@ -1,0 +1,97 @@
+#include "resize.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+namespace clips4rt {
+namespace {
+
+// Pillow's precompute_coeffs for the bilinear filter: out sample o reads
+// in[first[o] .. first[o] + count[o]) with weights w[o * taps ..].
+struct Coeffs {
+  std::vector<std::size_t> first, count;
+  std::vector<float> w;
+  std::size_t taps;
+  Coeffs(std::size_t in, std::size_t out) : first(out), count(out) {
+    const double scale = static_cast<double>(in) / static_cast<double>(out);
+    const double fs = std::max(scale, 1.0), support = fs;
+    taps = static_cast<std::size_t>(std::ceil(support)) * 2 + 1;
+    w.assign(out * taps, 0.0f);
+    std::vector<double> k(taps);
+    for (std::size_t o = 0; o < out; ++o) {
+      const double center = (static_cast<double>(o) + 0.5) * scale;
+      const auto lo = static_cast<std::int64_t>(center - support + 0.5);
+      const auto hi = static_cast<std::int64_t>(center + support + 0.5);
+      const std::size_t a = static_cast<std::size_t>(std::max<std::int64_t>(lo, 0));
+      const std::size_t b = std::min(static_cast<std::size_t>(std::max<std::int64_t>(hi, 0)), in);
+      double total = 0;
+      std::size_t n = 0;
+      for (std::size_t i = a; i < b && n < taps; ++i, ++n) {
+        const double x = std::fabs((static_cast<double>(i) - center + 0.5) / fs);
+        k[n] = x < 1.0 ? 1.0 - x : 0.0;
+        total += k[n];
+      }
+      first[o] = a;
+      count[o] = n;
+      for (std::size_t i = 0; i < n; ++i)
+        w[o * taps + i] = static_cast<float>(total > 0 ? k[i] / total : 0.0);
+    }
+  }
+};
+
+// acc += w * s, the vertical pass's inner loop: built for AVX2 and plain x86-64 and
+// chosen when the extension loads (GCC/Clang function multiversioning).
+#if defined(CLIPS4RT_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void axpy_u8(float* __restrict acc, const std::uint8_t* __restrict s, float w, std::size_t n) {
+  for (std::size_t j = 0; j < n; ++j) acc[j] += w * static_cast<float>(s[j]);
+}
+
+}  // namespace
+
+void resize_bilinear_u8(const std::uint8_t* src, std::size_t H, std::size_t W, std::size_t C,
+                        std::uint8_t* dst, std::size_t h, std::size_t w, int threads) {
+  const Coeffs cy(H, h), cx(W, w);
+  const std::size_t row = W * C;
+  std::size_t t = threads > 0 ? static_cast<std::size_t>(threads)
+                              : std::max(1u, std::thread::hardware_concurrency());
+  t = std::max<std::size_t>(1, std::min(t, h));
+  auto band = [&](std::size_t yb, std::size_t ye) {
+    std::vector<float> acc(row);
+    for (std::size_t y = yb; y < ye; ++y) {
+      // vertical: a weighted sum of whole source rows (contiguous, vectorises)
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (std::size_t i = 0; i < cy.count[y]; ++i)
+        axpy_u8(acc.data(), src + (cy.first[y] + i) * row, cy.w[y * cy.taps + i], row);
+      // horizontal, then round half up and clamp once
+      std::uint8_t* d = dst + y * w * C;
+      for (std::size_t x = 0; x < w; ++x) {
+        const float* wx = cx.w.data() + x * cx.taps;
+        const float* a = acc.data() + cx.first[x] * C;
+        for (std::size_t c = 0; c < C; ++c) {
+          float v = 0.0f;
+          for (std::size_t i = 0; i < cx.count[x]; ++i) v += wx[i] * a[i * C + c];
+          v = std::min(255.0f, std::max(0.0f, v + 0.5f));
+          d[x * C + c] = static_cast<std::uint8_t>(v);
+        }
+      }
+    }
+  };
+  if (t == 1) {
+    band(0, h);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const std::size_t chunk = (h + t - 1) / t;
+  for (std::size_t i = 1; i < t; ++i) {
+    const std::size_t b = i * chunk, e = std::min(h, b + chunk);
+    if (b < e) pool.emplace_back(band, b, e);
+  }
+  band(0, std::min(h, chunk));
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace clips4rt
