@@ -16,7 +16,7 @@ from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
 from clips4rt.prompts import check_templates
 from clips4rt.tokenizer import tokenize
-from kernels.cpu import match_upsample
+from kernels.cpu import match_upsample, resize_rgb
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -247,21 +247,23 @@ class Segmenter:
             groups.setdefault(self.working_size(*a.shape[:2], size), []).append(i)
         results: list[SegmentationResult | None] = [None] * len(arrays)
         for (hh, ww), idx in groups.items():
-            batch = np.stack([_resize(arrays[i], hh, ww) for i in idx])
+            batch = np.stack([self._resize(arrays[i], hh, ww) for i in idx])
             emb = self.embed(batch)
             for j, i in enumerate(idx):
                 results[i] = self._postprocess(emb[j], protos, arrays[i], classes, threshold)
         return results
 
+    def _resize(self, a: np.ndarray, h: int, w: int) -> np.ndarray:
+        return resize_rgb(a, (h, w), threads=self.threads or 0)
+
     def _postprocess(self, emb, protos, image, classes, threshold) -> SegmentationResult:
         labels, sims, probs = match_upsample(
-            emb, protos, image.shape[:2], self.info.logit_scale, threads=self.threads or 0
+            emb,
+            protos,
+            image.shape[:2],
+            self.info.logit_scale,
+            threads=self.threads or 0,
+            n_classes=len(classes),
+            threshold=threshold,
         )
-        labels[(labels >= len(classes)) | (probs < threshold)] = -1
         return SegmentationResult(labels, probs, sims, list(classes), image)
-
-
-def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
-    if a.shape[:2] == (h, w):
-        return a
-    return np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
