@@ -73,6 +73,12 @@ std::size_t band_end(const TapTable& t, std::size_t y, std::size_t stop) {
   return e;
 }
 
+// Threads worth starting for `work` units (~0.3 ns each): one per 2^20, so that
+// small frames do not pay ~50 us per thread start.
+std::size_t threads_for(std::size_t work, std::size_t most) {
+  return std::max<std::size_t>(1, std::min(most, work >> 20));
+}
+
 bool cpu_has(const char* isa) {
 #if defined(CLIPS4RT_X86) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
@@ -130,12 +136,16 @@ bool match_upsample(const MatchArgs& a, int threads, const char* isa) {
   const std::size_t K = a.K, P = a.h * a.w, lanes = kern->lanes;
 
   // 1) cosines (K, h, w); threads take chunks of whole pixel tiles
-  std::vector<float> cos(K * P);
+  // Scratch lives on the calling thread between calls (a video loop allocates and
+  // page-faults nothing), worker threads allocate their own.
+  static thread_local std::vector<float> cos_buf;
+  if (cos_buf.size() < K * P) cos_buf.resize(K * P);
+  float* const cos = cos_buf.data();
   const std::size_t tile = 2 * lanes;
   const std::size_t ntiles = (P + tile - 1) / tile;
   std::vector<char> ok(nthreads, 1);
-  parallel_for(ntiles, nthreads, [&](std::size_t t, std::size_t b, std::size_t e) {
-    ok[t] = kern->cosines(a.emb, a.D, P, a.protos, K, cos.data(), b * tile,
+  parallel_for(ntiles, threads_for(K * a.D * P, nthreads), [&](std::size_t t, std::size_t b, std::size_t e) {
+    ok[t] = kern->cosines(a.emb, a.D, P, a.protos, K, cos, b * tile,
                           std::min(P, e * tile));
   });
   if (std::find(ok.begin(), ok.end(), 0) != ok.end()) return false;
@@ -151,8 +161,19 @@ bool match_upsample(const MatchArgs& a, int threads, const char* isa) {
   // on it (the softmax recurrence restarts at each band).
   std::vector<std::size_t> bands{0};
   while (bands.back() < a.H) bands.push_back(band_end(ty, bands.back(), a.H));
-  parallel_for(bands.size() - 1, nthreads, [&](std::size_t, std::size_t bb, std::size_t be) {
-    std::vector<float> rows(2 * K * stride), tmp(4 * K * lanes);
+  const std::size_t work = a.H * a.W * (a.probs ? K : 1) + a.h * a.W * K;
+  parallel_for(bands.size() - 1, threads_for(work, nthreads), [&](std::size_t t, std::size_t bb,
+                                                                     std::size_t be) {
+    static thread_local std::vector<float> tl_rows, tl_tmp;
+    static thread_local std::vector<std::int32_t> tl_cand;
+    std::vector<float> own_rows, own_tmp;
+    std::vector<std::int32_t> own_cand;
+    auto& rows = t == 0 ? tl_rows : own_rows;  // t == 0 runs on the calling thread
+    auto& tmp = t == 0 ? tl_tmp : own_tmp;
+    auto& cand = t == 0 ? tl_cand : own_cand;
+    rows.resize(std::max(rows.size(), 2 * K * stride));
+    tmp.resize(std::max(tmp.size(), 4 * K * lanes + 3 * width));
+    cand.resize(std::max(cand.size(), K + width / lanes / 4 + 1));
     for (std::size_t xb = 0; xb < a.W; xb += width) {
       const std::size_t n = std::min(width, a.W - xb);
       std::int64_t held[2] = {-1, -1};  // which low-res row each slot holds
@@ -162,13 +183,13 @@ bool match_upsample(const MatchArgs& a, int threads, const char* isa) {
         for (std::int32_t yl : r) {
           float* slot = rows.data() + (yl & 1) * K * stride;
           if (held[yl & 1] != yl) {
-            kern->resample_row(cos.data(), K, a.h, a.w, yl, tx.view(), xb, n, slot, stride);
+            kern->resample_row(cos, K, a.h, a.w, yl, tx.view(), xb, n, slot, stride);
             held[yl & 1] = yl;
           }
         }
         kern->reduce_band(rows.data() + (r[0] & 1) * K * stride,
                           rows.data() + (r[1] & 1) * K * stride, ty.l.data() + y, end - y, K,
-                          stride, n, a, y, xb, tmp.data());
+                          stride, n, a, y, xb, tmp.data(), cand.data());
       }
     }
   });

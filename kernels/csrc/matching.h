@@ -61,10 +61,11 @@ struct IsaKernels {
                        std::size_t stride);
   // Output rows y .. y + rows - 1 from two x-resampled rows A, B (layout of
   // resample_row) at evenly spaced weights ly[0..rows); writes n pixels of each row
-  // at column xb; tmp holds 4 * K * lanes floats.
+  // at column xb; tmp holds 4 * K * lanes + 3 * round_up(n, lanes) floats, cand
+  // K ints + round_up(n, lanes) / lanes bytes.
   void (*reduce_band)(const float* A, const float* B, const float* ly, std::size_t rows,
                       std::size_t K, std::size_t stride, std::size_t n, const MatchArgs& a,
-                      std::size_t y, std::size_t xb, float* tmp);
+                      std::size_t y, std::size_t xb, float* tmp, std::int32_t* cand);
 };
 
 extern const IsaKernels kGeneric;

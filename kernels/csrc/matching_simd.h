@@ -184,63 +184,70 @@ inline void write(const MatchArgs& a, std::size_t o, std::size_t valid, VI best,
 // Rows go in blocks of RB whose running max, argmax and sums stay in registers.
 constexpr std::size_t RB = L >= 16 ? 4 : 2;
 
-template <std::size_t nb, bool recur, bool sums = true>
+// The argmax runs over the band's candidates only (classes that no class beats at
+// both source rows: a class beaten at both ends is beaten on the whole band), the
+// softmax sum over all K classes.
+template <std::size_t nb, bool recur, bool sums>
 inline void rows_block(const float* tA, const float* tD, float* tE, const float* tR,
-                       std::size_t K, const float* ly, V t, const MatchArgs& a,
-                       std::size_t o, std::size_t valid) {
+                       std::size_t K, const std::int32_t* cand, std::size_t nc,
+                       const float* ly, V t, V c, const MatchArgs& a, std::size_t o,
+                       std::size_t valid) {
   V lj[nb], m[nb], sum[nb], ew[nb];
   VI best[nb];
   for (std::size_t j = 0; j < nb; ++j) {
     lj[j] = splat(ly[j]);
     m[j] = splat(-__builtin_huge_valf());
-    sum[j] = ew[j] = V{};
+    sum[j] = ew[j] = splat(1.0f);
     best[j] = VI{};
   }
-  for (std::size_t k = 0; k < K; ++k) {
+  for (std::size_t i = 0; i < nc; ++i) {  // ascending: the first index wins an exact tie
+    const std::size_t k = static_cast<std::size_t>(cand[i]);
     const V va = load(tA + k * L), vd = load(tD + k * L);
-    const VI vk = splati(static_cast<std::int32_t>(k));
-    V e{}, r{};
-    if (recur) {
-      e = load(tE + k * L);
-      r = load(tR + k * L);
-    }
+    const VI vk = splati(cand[i]);
     for (std::size_t j = 0; j < nb; ++j) {
       const V v = va + lj[j] * vd;
-      const VI gt = v > m[j];  // strict: the first index wins an exact tie
+      const VI gt = v > m[j];
       m[j] = gt ? v : m[j];
       best[j] = gt ? vk : best[j];
-      if (recur) {
+    }
+  }
+  if (sums && recur) {
+    for (std::size_t j = 0; j < nb; ++j) sum[j] = V{};
+    for (std::size_t k = 0; k < K; ++k) {
+      V e = load(tE + k * L);
+      const V r = load(tR + k * L);
+      for (std::size_t j = 0; j < nb; ++j) {
         sum[j] += e;
-        ew[j] = gt ? e : ew[j];
         e *= r;
       }
+      store(tE + k * L, e);
     }
-    if (recur) store(tE + k * L, e);
-  }
-  if (!recur && sums) {
+    for (std::size_t j = 0; j < nb; ++j) ew[j] = exp_(t * (m[j] - c));
+  } else if (sums) {
+    for (std::size_t j = 0; j < nb; ++j) sum[j] = V{};
     for (std::size_t k = 0; k < K; ++k) {
       const V va = load(tA + k * L), vd = load(tD + k * L);
       for (std::size_t j = 0; j < nb; ++j) sum[j] += exp_((va + lj[j] * vd - m[j]) * t);
     }
   }
-  if (!recur) {
-    for (std::size_t j = 0; j < nb; ++j) {
-      ew[j] = splat(1.0f);
-      if (!sums) sum[j] = splat(1.0f);
-    }
+  for (std::size_t j = 0; j < nb; ++j) {
+    V p = ew[j] / sum[j];
+    p = p > 1.0f ? splat(1.0f) : p;  // the recurrence's rounding may put it a hair over
+    write(a, o + j * a.W, valid, best[j], m[j], p);
   }
-  for (std::size_t j = 0; j < nb; ++j) write(a, o + j * a.W, valid, best[j], m[j], ew[j] / sum[j]);
 }
 
-template <bool recur, bool sums = true>
+template <bool recur, bool sums>
 void rows_blocks(const float* tA, const float* tD, float* tE, const float* tR, std::size_t K,
-                 const float* ly, std::size_t rows, V t, const MatchArgs& a, std::size_t o,
-                 std::size_t valid) {
+                 const std::int32_t* cand, std::size_t nc, const float* ly, std::size_t rows,
+                 V t, V c, const MatchArgs& a, std::size_t o, std::size_t valid) {
   std::size_t j = 0;
   for (; j + RB <= rows; j += RB)
-    rows_block<RB, recur, sums>(tA, tD, tE, tR, K, ly + j, t, a, o + j * a.W, valid);
+    rows_block<RB, recur, sums>(tA, tD, tE, tR, K, cand, nc, ly + j, t, c, a, o + j * a.W,
+                                valid);
   for (; j < rows; ++j)
-    rows_block<1, recur, sums>(tA, tD, tE, tR, K, ly + j, t, a, o + j * a.W, valid);
+    rows_block<1, recur, sums>(tA, tD, tE, tR, K, cand, nc, ly + j, t, c, a, o + j * a.W,
+                               valid);
 }
 
 // Columns whose winner is the same class at both source rows keep it on the whole
@@ -272,12 +279,17 @@ inline void decided_block(float* tE, const float* tR, std::size_t K, const float
 
 void reduce_band(const float* A, const float* B, const float* ly, std::size_t rows,
                  std::size_t K, std::size_t stride, std::size_t n, const MatchArgs& a,
-                 std::size_t y, std::size_t xb, float* tmp) {
+                 std::size_t y, std::size_t xb, float* tmp, std::int32_t* cand) {
   float *tA = tmp, *tD = tmp + K * L, *tE = tmp + 2 * K * L, *tR = tmp + 3 * K * L;
+  // labels-only columns whose winner is decided: (winner, value, slope) per vector,
+  // written afterwards row by row, so that the stores run along memory
+  float* held = tmp + 4 * K * L;
+  std::uint8_t* is_held = reinterpret_cast<std::uint8_t*>(cand + K);
   const V t = splat(a.logit_scale), ninf = splat(-__builtin_huge_valf());
   const float dly = rows > 1 ? ly[1] - ly[0] : 0.0f;
   for (std::size_t x = 0; x < n; x += L) {
-    V c, lo = -ninf, ma = ninf, mb = ninf, aw = V{}, dw = V{};
+    // winners at both source rows (wa, wb), their values, the band's extremes
+    V lo = -ninf, ma = ninf, mb = ninf, aw = V{}, dw = V{}, ab = V{};
     VI wa = VI{}, wb = VI{};
     for (std::size_t k = 0; k < K; ++k) {
       const V va = load(A + k * stride + x), vd = load(B + k * stride + x) - va;
@@ -292,42 +304,74 @@ void reduce_band(const float* A, const float* B, const float* ly, std::size_t ro
       dw = ga ? vd : dw;
       mb = gb ? vb : mb;
       wb = gb ? vk : wb;
+      ab = gb ? va : ab;
       const V low = va < vb ? va : vb;
       lo = lo < low ? lo : low;
     }
-    c = ma > mb ? ma : mb;
+    const V c = ma > mb ? ma : mb;
     const std::size_t o = y * a.W + xb + x;
+    const bool decided = all_lanes(wa == wb);
+    const auto candidates = [&] {
+      std::size_t nc = 0;
+      const V bw = aw + dw;
+      for (std::size_t k = 0; k < K; ++k) {
+        const V va = load(tA + k * L), vb = va + load(tD + k * L);
+        const VI beaten = ((va < aw) & (vb < bw)) | ((va < ab) & (vb < mb));
+        if (!all_lanes(beaten)) cand[nc++] = static_cast<std::int32_t>(k);
+      }
+      return nc;
+    };
     if (!a.probs) {  // labels (and scores) only: no softmax
-      if (all_lanes(wa == wb)) {
-        for (std::size_t j = 0; j < rows; ++j)
-          write(a, o + j * a.W, n - x, wa, aw + splat(ly[j]) * dw, splat(1.0f));
+      is_held[x / L] = decided;
+      if (decided) {
+        V w;
+        __builtin_memcpy(&w, &wa, sizeof w);
+        store(held + 3 * x, w);
+        store(held + 3 * x + L, aw);
+        store(held + 3 * x + 2 * L, dw);
       } else {
-        rows_blocks<false, false>(tA, tD, tE, tR, K, ly, rows, t, a, o, n - x);
+        rows_blocks<false, false>(tA, tD, tE, tR, K, cand, candidates(), ly, rows, t, c, a, o,
+                                  n - x);
       }
       continue;
     }
     // every E_k(j) and R_k lies in [exp(-80), exp(80)]: normal floats, no clamping
     const bool recur = rows > 1 && all_lanes(t * (c - lo) < 80.0f);
-    if (recur) {
-      const V l0 = splat(ly[0]), step = t * dly;
-      for (std::size_t k = 0; k < K; ++k) {
-        const V va = load(tA + k * L), vd = load(tD + k * L);
-        store(tE + k * L, exp_(t * (va + l0 * vd - c)));
-        store(tR + k * L, exp_(step * vd));
-      }
-      if (all_lanes(wa == wb)) {
-        V ew = exp_(t * (aw + l0 * dw - c));
-        const V rw = exp_(step * dw);
-        std::size_t j = 0;
-        for (; j + RD <= rows; j += RD)
-          decided_block<RD>(tE, tR, K, ly + j, aw, dw, wa, ew, rw, a, o + j * a.W, n - x);
-        for (; j < rows; ++j)
-          decided_block<1>(tE, tR, K, ly + j, aw, dw, wa, ew, rw, a, o + j * a.W, n - x);
-      } else {
-        rows_blocks<true>(tA, tD, tE, tR, K, ly, rows, t, a, o, n - x);
-      }
+    if (!recur) {
+      rows_blocks<false, true>(tA, tD, tE, tR, K, cand, candidates(), ly, rows, t, c, a, o,
+                               n - x);
+      continue;
+    }
+    const V l0 = splat(ly[0]), step = t * dly;
+    for (std::size_t k = 0; k < K; ++k) {
+      const V va = load(tA + k * L), vd = load(tD + k * L);
+      store(tE + k * L, exp_(t * (va + l0 * vd - c)));
+      store(tR + k * L, exp_(step * vd));
+    }
+    if (decided) {
+      V ew = exp_(t * (aw + l0 * dw - c));
+      const V rw = exp_(step * dw);
+      std::size_t j = 0;
+      for (; j + RD <= rows; j += RD)
+        decided_block<RD>(tE, tR, K, ly + j, aw, dw, wa, ew, rw, a, o + j * a.W, n - x);
+      for (; j < rows; ++j)
+        decided_block<1>(tE, tR, K, ly + j, aw, dw, wa, ew, rw, a, o + j * a.W, n - x);
     } else {
-      rows_blocks<false>(tA, tD, tE, tR, K, ly, rows, t, a, o, n - x);
+      rows_blocks<true, true>(tA, tD, tE, tR, K, cand, candidates(), ly, rows, t, c, a, o,
+                              n - x);
+    }
+  }
+  if (a.probs) return;
+  for (std::size_t j = 0; j < rows; ++j) {
+    const V lj = splat(ly[j]);
+    const std::size_t o = (y + j) * a.W + xb;
+    for (std::size_t x = 0; x < n; x += L) {
+      if (!is_held[x / L]) continue;
+      VI w;
+      const V v = load(held + 3 * x);
+      __builtin_memcpy(&w, &v, sizeof w);
+      write(a, o + x, n - x, w, load(held + 3 * x + L) + lj * load(held + 3 * x + 2 * L),
+            splat(1.0f));
     }
   }
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -42,12 +43,34 @@ struct Coeffs {
 };
 
 // acc += w * s, the vertical pass's inner loop: built for AVX2 and plain x86-64 and
-// chosen when the extension loads (GCC/Clang function multiversioning).
+// chosen when the extension loads (GCC function multiversioning). (Keeping the sum
+// of all taps in registers, 8 columns at a time, measured 3x slower: 12 source rows
+// read in lockstep.)
 #if defined(CLIPS4RT_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
 void axpy_u8(float* __restrict acc, const std::uint8_t* __restrict s, float w, std::size_t n) {
   for (std::size_t j = 0; j < n; ++j) acc[j] += w * static_cast<float>(s[j]);
+}
+
+// Horizontal pass for 3 interleaved channels: each tap is one 4-float load (R, G, B
+// and the next pixel's R, ignored) and one 4-wide multiply-add, instead of three
+// scalar ones. acc must hold one float past the row.
+typedef float F4 __attribute__((vector_size(16)));
+
+void horizontal_rgb(const float* acc, const Coeffs& cx, std::size_t w, std::uint8_t* d) {
+  for (std::size_t x = 0; x < w; ++x) {
+    const float* wx = cx.w.data() + x * cx.taps;
+    const float* a = acc + cx.first[x] * 3;
+    F4 v = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (std::size_t i = 0; i < cx.count[x]; ++i) {
+      F4 p;
+      std::memcpy(&p, a + i * 3, sizeof p);
+      v += wx[i] * p;
+    }
+    for (int c = 0; c < 3; ++c)
+      d[x * 3 + c] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, v[c] + 0.5f)));
+  }
 }
 
 }  // namespace
@@ -60,14 +83,18 @@ void resize_bilinear_u8(const std::uint8_t* src, std::size_t H, std::size_t W, s
                               : std::max(1u, std::thread::hardware_concurrency());
   t = std::max<std::size_t>(1, std::min(t, h));
   auto band = [&](std::size_t yb, std::size_t ye) {
-    std::vector<float> acc(row);
+    std::vector<float> acc(row + 1, 0.0f);  // + 1: horizontal_rgb's 4-float loads
     for (std::size_t y = yb; y < ye; ++y) {
       // vertical: a weighted sum of whole source rows (contiguous, vectorises)
-      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(acc.begin(), acc.begin() + row, 0.0f);
       for (std::size_t i = 0; i < cy.count[y]; ++i)
         axpy_u8(acc.data(), src + (cy.first[y] + i) * row, cy.w[y * cy.taps + i], row);
       // horizontal, then round half up and clamp once
       std::uint8_t* d = dst + y * w * C;
+      if (C == 3) {
+        horizontal_rgb(acc.data(), cx, w, d);
+        continue;
+      }
       for (std::size_t x = 0; x < w; ++x) {
         const float* wx = cx.w.data() + x * cx.taps;
         const float* a = acc.data() + cx.first[x] * C;
