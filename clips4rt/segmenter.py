@@ -2,55 +2,27 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from clips4rt import bundle as B
 from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
 from clips4rt.prompts import check_templates
+from clips4rt.result import SegmentationResult
+from clips4rt.stream import pipelined
+from clips4rt.textcache import TextCache
 from clips4rt.tokenizer import tokenize
 from kernels.cpu import match_upsample, resize_rgb
 
+__all__ = ["SegmentationResult", "Segmenter", "check_classes", "resolve_providers"]
+
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-@dataclass
-class SegmentationResult:
-    """Result of :meth:`Segmenter.run` for one image.
-
-    labels: (H, W) int32 at the input's original size, index into ``classes``,
-        -1 where the background rule applies.
-    scores: (H, W) float32 softmax probability of the winning prompt.
-    similarity: (H, W) float32 cosine of the pixel with the winning prompt.
-    classes: the class names, in the order given.
-    image: the input as HxWx3 uint8 RGB (for :meth:`overlay`).
-    """
-
-    labels: np.ndarray
-    scores: np.ndarray
-    similarity: np.ndarray
-    classes: list[str]
-    image: np.ndarray
-
-    def mask(self, name: str) -> np.ndarray:
-        """(H, W) bool mask of class ``name``."""
-        if name not in self.classes:
-            raise KeyError(f"{name!r} is not one of the classes {self.classes}")
-        return self.labels == self.classes.index(name)
-
-    def overlay(self, alpha: float = 0.5, scale: int = 1) -> Image.Image:
-        """The image with class colours blended in and a legend (PIL RGB), enlarged
-        ``scale`` times (nearest)."""
-        from clips4rt.visualize import overlay
-
-        return overlay(self.image, self.labels, self.classes, alpha, scale)
 
 
 def resolve_providers(providers: Sequence[str] | None) -> list[str]:
@@ -108,9 +80,18 @@ class Segmenter:
             available, else CPU.
         threads: intra-op threads of the CPU provider and of post-processing
             (None = onnxruntime's default / all cores).
+        cache_dir: folder for an on-disk cache of prompt embeddings (keyed by the
+            text graph's sha256, the templates and the class name), so that a
+            restarted app skips the text graph; None = in memory only.
     """
 
-    def __init__(self, path, providers: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        path,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        cache_dir=None,
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
@@ -133,6 +114,12 @@ class Segmenter:
         self._text = self._session(text_path)
         self._check_io()
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._disk = (
+            None
+            if cache_dir is None
+            else TextCache(cache_dir, self.info.text_model_sha256, self.info.embed_dim)
+        )
 
     def _session(self, path: Path) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -162,9 +149,18 @@ class Segmenter:
     # ------------------------------------------------------------------ text side
     def text_embeddings(self, classes: Sequence[str], templates=None) -> np.ndarray:
         """(K, D) float32 prototypes: per class, the unit mean of its unit-length
-        prompt embeddings over ``templates``. Cached per (class, templates)."""
+        prompt embeddings over ``templates``. Cached per (class, templates): in
+        memory (the 4096 most recent) and in ``cache_dir`` if given."""
         templates = check_templates(templates or self.info.prompt_templates)
-        todo = [c for c in dict.fromkeys(classes) if (c, templates) not in self._cache]
+        with self._cache_lock:
+            todo = [c for c in dict.fromkeys(classes) if (c, templates) not in self._cache]
+        found = {}
+        if self._disk is not None:
+            for c in todo:
+                v = self._disk.get(c, templates)
+                if v is not None:
+                    found[c] = v
+            todo = [c for c in todo if c not in found]
         if todo:
             prompts = [t.format(c) for c in todo for t in templates]
             tokens = tokenize(prompts, self.info.context_length)
@@ -178,12 +174,19 @@ class Segmenter:
             emb = emb.reshape(len(todo), len(templates), -1).mean(axis=1)
             emb /= np.linalg.norm(emb, axis=1, keepdims=True)
             for c, e in zip(todo, emb.astype(np.float32)):
+                found[c] = e
+                if self._disk is not None:
+                    self._disk.put(c, templates, e)
+        with self._cache_lock:
+            for c, e in found.items():
                 self._cache[(c, templates)] = e
-            while len(self._cache) > 4096:
+            # the classes asked for now are the most recent: never evicted by this call
+            for c in classes:
+                self._cache.move_to_end((c, templates))
+            out = np.stack([self._cache[(c, templates)] for c in classes])
+            while len(self._cache) > max(4096, len(classes)):
                 self._cache.popitem(last=False)
-        for c in classes:
-            self._cache.move_to_end((c, templates))
-        return np.stack([self._cache[(c, templates)] for c in classes])
+        return out
 
     # ----------------------------------------------------------------- image side
     def working_size(self, h: int, w: int, size: int | None = None) -> tuple[int, int]:
@@ -231,16 +234,7 @@ class Segmenter:
         size: int | None = None,
     ) -> list[SegmentationResult]:
         """Segment several images; images of the same working size share one graph run."""
-        classes = check_classes(classes)
-        threshold = self.info.background_threshold if threshold is None else float(threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-        if background is None:
-            bg = list(self.info.background_classes)
-        else:  # an empty list switches the bundle's background classes off
-            bg = check_classes(background) if len(background) else []
-        bg = [b for b in bg if b not in classes]
-        protos = self.text_embeddings(classes + bg, templates)
+        classes, threshold, protos = self._prompts(classes, threshold, background, templates)
         arrays = [load_image(im) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, a in enumerate(arrays):
@@ -253,17 +247,85 @@ class Segmenter:
                 results[i] = self._postprocess(emb[j], protos, arrays[i], classes, threshold)
         return results
 
+    def stream(
+        self,
+        frames: Iterable,
+        classes: Sequence[str],
+        *,
+        threshold: float | None = None,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+        size: int | None = None,
+        prefetch: int = 2,
+    ) -> Iterator[SegmentationResult]:
+        """Segment a stream of frames (arrays, PIL images or paths), yielding one
+        result per frame, in order; each equals ``run(frame, classes, ...)``.
+
+        Pipelined: a worker thread decodes, resizes and runs the graph on the next
+        frames (at most ``prefetch`` waiting) while this thread post-processes, so a
+        video runs at about the graph's rate. A bad frame raises its error
+        (ImageError, ...) when the stream reaches it, after the frames before it.
+        Options are checked now; break out of the loop or ``close()`` the generator
+        to stop the worker early.
+        """
+        classes, threshold, protos = self._prompts(classes, threshold, background, templates)
+        if not (isinstance(prefetch, int) and 1 <= prefetch <= 64):
+            raise ValueError(f"prefetch must be an int in [1, 64], got {prefetch!r}")
+        if size is not None:
+            self.working_size(self.info.stride, self.info.stride, size)  # checks size
+
+        def produce(frame):
+            image = load_image(frame)
+            hh, ww = self.working_size(*image.shape[:2], size)
+            return image, self.embed(self._resize(image, hh, ww)[None])[0]
+
+        def consume(item):
+            image, emb = item
+            return self._postprocess(emb, protos, image, classes, threshold)
+
+        return pipelined(frames, produce, consume, prefetch)
+
+    def _prompts(self, classes, threshold, background, templates):
+        """Checked (classes, threshold, prototypes incl. background names)."""
+        classes = check_classes(classes)
+        threshold = self.info.background_threshold if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+        if background is None:
+            bg = list(self.info.background_classes)
+        else:  # an empty list switches the bundle's background classes off
+            bg = check_classes(background) if len(background) else []
+        bg = [b for b in bg if b not in classes]
+        return classes, threshold, self.text_embeddings(classes + bg, templates)
+
     def _resize(self, a: np.ndarray, h: int, w: int) -> np.ndarray:
         return resize_rgb(a, (h, w), threads=self.threads or 0)
 
     def _postprocess(self, emb, protos, image, classes, threshold) -> SegmentationResult:
-        labels, sims, probs = match_upsample(
+        """Labels now; probabilities and cosines now only if the threshold needs
+        them, else on first access (the same kernel, the same values)."""
+
+        def finish():
+            return match_upsample(
+                emb,
+                protos,
+                image.shape[:2],
+                self.info.logit_scale,
+                threads=self.threads or 0,
+                n_classes=len(classes),
+                threshold=threshold,
+            )
+
+        if threshold > 0:
+            labels, sims, probs = finish()
+            return SegmentationResult(labels, probs, sims, list(classes), image)
+        labels, _, _ = match_upsample(
             emb,
             protos,
             image.shape[:2],
             self.info.logit_scale,
             threads=self.threads or 0,
             n_classes=len(classes),
-            threshold=threshold,
+            labels_only=True,
         )
-        return SegmentationResult(labels, probs, sims, list(classes), image)
+        return SegmentationResult(labels, None, None, list(classes), image, finish=finish)

@@ -31,10 +31,8 @@ from train.voc import VOCFolder
 
 
 def _working(seg, image, size):
-    from clips4rt.segmenter import _resize
-
     hh, ww = seg.working_size(*image.shape[:2], size)
-    return _resize(image, hh, ww)
+    return seg._resize(image, hh, ww)
 
 
 def eval_language(seg, data, classes, size=None, templates=None, batch=16) -> np.ndarray:
@@ -94,7 +92,7 @@ def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.nda
     for emb, image, mask in tqdm(
         _embeddings(seg, data, range(len(data)), size), total=len(data), desc="assign", unit="img"
     ):
-        labels, _, _ = match_upsample(emb, cent, image.shape[:2], 1.0)
+        labels, _, _ = match_upsample(emb, cent, image.shape[:2], 1.0, labels_only=True)
         conf += confusion(mask, labels, n)
     mapping = hungarian_match(conf)
     out = np.zeros_like(conf)

@@ -1,0 +1,172 @@
+"""Segmenter.stream (pipelined frames), lazy result fields and the on-disk text cache."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import clips4rt
+from clips4rt.stream import pipelined
+from kernels import cpu
+
+CLASSES = ["cat", "dog", "sky", "grass"]
+
+
+@pytest.fixture(scope="module")
+def seg(bundles):
+    return clips4rt.Segmenter(bundles["maskclip"], threads=2)
+
+
+def _frames(rng, n, shapes=((45, 70), (64, 48), (45, 70))):
+    return [rng.integers(0, 256, (*shapes[i % len(shapes)], 3), np.uint8) for i in range(n)]
+
+
+def _stream_threads():
+    return [t for t in threading.enumerate() if t.name == "clips4rt-stream"]
+
+
+def test_stream_equals_run(seg, rng):
+    frames = _frames(rng, 7)
+    for opts in ({}, {"threshold": 0.3}, {"background": ["sky"], "size": 48}):
+        got = list(
+            seg.stream(iter(frames), CLASSES[:3] if "background" in opts else CLASSES, **opts)
+        )
+        assert len(got) == len(frames)
+        for f, r in zip(frames, got):
+            ref = seg.run(f, CLASSES[:3] if "background" in opts else CLASSES, **opts)
+            np.testing.assert_array_equal(r.labels, ref.labels)
+            np.testing.assert_array_equal(r.scores, ref.scores)
+            np.testing.assert_array_equal(r.similarity, ref.similarity)
+            assert r.labels.shape == f.shape[:2]
+    assert not _stream_threads()
+
+
+def test_lazy_scores_equal_the_full_kernel(seg, rng):
+    img = _frames(rng, 1)[0]
+    r = seg.run(img, CLASSES)  # threshold 0: labels now, the rest on access
+    assert r._scores is None and r._similarity is None
+    emb = seg.embed(seg._resize(img, *seg.working_size(45, 70))[None])[0]
+    labels, sims, probs = cpu.match_upsample(
+        emb, seg.text_embeddings(CLASSES), (45, 70), seg.info.logit_scale, n_classes=4
+    )
+    np.testing.assert_array_equal(r.labels, labels)
+    np.testing.assert_array_equal(r.scores, probs)
+    np.testing.assert_array_equal(r.similarity, sims)
+    assert r._finish is None  # the embeddings were released
+
+
+def test_stream_raises_at_the_bad_frame_and_stops(seg, rng):
+    frames = _frames(rng, 5)
+    frames[2] = np.zeros((10, 10, 4), np.uint8)  # RGBA array: not accepted
+    got = []
+    with pytest.raises(clips4rt.ImageError, match="4 channels"):
+        for r in seg.stream(frames, CLASSES):
+            got.append(r)
+    assert len(got) == 2
+    assert not _stream_threads()
+
+    def failing():
+        yield frames[0]
+        raise OSError("camera unplugged")
+
+    it = seg.stream(failing(), CLASSES)
+    assert next(it).labels.shape == (45, 70)
+    with pytest.raises(OSError, match="unplugged"):
+        next(it)
+
+
+def test_stream_memory_is_bounded_and_close_stops_the_worker(seg, rng):
+    frame = _frames(rng, 1)[0]
+    pulled = []
+
+    def endless():
+        while True:
+            pulled.append(1)
+            yield frame
+
+    it = seg.stream(endless(), CLASSES, prefetch=2)
+    next(it)
+    deadline = threading.Event()
+    deadline.wait(0.5)  # let the worker run ahead as far as it can
+    assert len(pulled) <= 1 + 2 + 2  # the one consumed, the queue, one in hand, one read
+    it.close()
+    assert not _stream_threads()
+    n = len(pulled)
+    deadline.wait(0.1)
+    assert len(pulled) == n  # nothing is read after close
+
+
+def test_stream_checks_options_at_once(seg):
+    with pytest.raises(ValueError, match="duplicate"):
+        seg.stream([], ["a", "a"])
+    with pytest.raises(ValueError, match="prefetch"):
+        seg.stream([], CLASSES, prefetch=0)
+    with pytest.raises(ValueError, match="stride"):
+        seg.stream([], CLASSES, size=1)
+    assert list(seg.stream([], CLASSES)) == []
+
+
+def test_pipelined_keeps_order_and_runs_concurrently():
+    produced = threading.Event()
+
+    def produce(x):
+        if x == 1:
+            produced.set()  # produced while 0 is being consumed
+        return x * 10
+
+    def consume(v):
+        if v == 0:
+            assert produced.wait(5), "the producer did not run ahead"
+        return v + 1
+
+    assert list(pipelined(range(6), produce, consume, depth=2)) == [1, 11, 21, 31, 41, 51]
+    with pytest.raises(ValueError, match="depth"):
+        list(pipelined([], produce, consume, depth=0))
+
+
+# ------------------------------------------------------------------------ text cache
+def test_disk_cache_skips_the_text_graph(bundles, tmp_path, monkeypatch):
+    cold = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
+    first = cold.text_embeddings(CLASSES)
+    files = sorted(tmp_path.rglob("*.npy"))
+    assert len(files) == len(CLASSES)
+    warm = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
+
+    def no_text_graph(*a, **k):
+        raise AssertionError("the text graph ran despite the cache")
+
+    monkeypatch.setattr(warm._text, "run", no_text_graph)
+    np.testing.assert_array_equal(warm.text_embeddings(CLASSES), first)
+    monkeypatch.undo()
+    # other templates are other entries
+    warm.text_embeddings(CLASSES[:1], templates=["a sketch of a {}."])
+    assert len(list(tmp_path.rglob("*.npy"))) == len(CLASSES) + 1
+    assert not list(tmp_path.rglob(".tmp-*"))  # no temporary file left behind
+
+
+def test_disk_cache_ignores_and_rewrites_corrupt_files(bundles, tmp_path):
+    seg = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
+    good = seg.text_embeddings(CLASSES)
+    files = sorted(tmp_path.rglob("*.npy"))
+    files[0].write_bytes(b"\x93NUMPY garbage")
+    np.save(files[1], np.full(good.shape[1], np.nan, np.float32))
+    np.save(files[2], np.ones(3, np.float32))
+    fresh = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
+    np.testing.assert_allclose(fresh.text_embeddings(CLASSES), good, rtol=0, atol=1e-6)
+    again = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
+    for f in files[:3]:  # rewritten with valid vectors
+        v = np.load(f)
+        assert v.shape == (good.shape[1],) and np.isfinite(v).all()
+    np.testing.assert_allclose(again.text_embeddings(CLASSES), good, rtol=0, atol=1e-6)
+
+
+def test_disk_cache_is_keyed_by_the_text_graph(bundles, tmp_path):
+    a = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
+    b = clips4rt.Segmenter(bundles["sclip"], cache_dir=tmp_path)
+    a.text_embeddings(CLASSES)
+    b.text_embeddings(CLASSES)
+    if a.info.text_model_sha256 != b.info.text_model_sha256:
+        assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="cache_dir"):
+        clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path / "a_file" / "sub")
