@@ -9,7 +9,7 @@ Depends on numpy, onnxruntime and pillow only.
 """
 
 from clips4rt.bundle import FORMAT_VERSION, BundleInfo
-from clips4rt.errors import BundleError, ImageError
+from clips4rt.errors import BundleError, ImageError, VideoError
 from clips4rt.images import load_image
 from clips4rt.segmenter import SegmentationResult, Segmenter
 from clips4rt.tokenizer import tokenize
@@ -22,6 +22,7 @@ __all__ = [
     "ImageError",
     "SegmentationResult",
     "Segmenter",
+    "VideoError",
     "load_image",
     "tokenize",
 ]

@@ -1,6 +1,7 @@
-"""Command line: ``clips4rt segment``, ``clips4rt info``.
+"""Command line: ``clips4rt segment``, ``clips4rt video``, ``clips4rt demo``, ``clips4rt info``.
 
 clips4rt segment photo.jpg --model model.onnx --classes "cat,dog,sofa" --out out/
+clips4rt video clip.mp4 --model model.onnx --classes "person,car" --out overlay.mp4
 clips4rt info model.onnx
 """
 
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from clips4rt.errors import BundleError, ImageError
+from clips4rt.errors import BundleError, ImageError, VideoError
 
 
 def _split(text: str) -> list[str]:
@@ -55,15 +56,58 @@ def _segment(args) -> int:
     return 1 if failed else 0
 
 
+def _embedded_model() -> Path:
+    from importlib import resources
+
+    model = Path(str(resources.files("clips4rt") / "models" / "toy.onnx"))
+    if not model.is_file():
+        raise FileNotFoundError(f"the embedded model {model} is missing: reinstall clips4rt")
+    return model
+
+
+def _video(args) -> int:
+    from clips4rt.segmenter import Segmenter
+    from clips4rt.video import segment_video
+
+    classes = _split(args.classes)
+    if not classes:
+        raise ValueError('--classes is empty: give names like --classes "cat,dog"')
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError("--max-frames must be >= 1")
+    seg = Segmenter(args.model or _embedded_model(), threads=args.threads)
+    options = {}
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    if args.background is not None:
+        options["background"] = _split(args.background)
+    summary = segment_video(
+        seg,
+        args.input,
+        classes,
+        args.out,
+        labels_dir=args.labels_dir,
+        progress=not args.quiet,
+        max_frames=args.max_frames,
+        **options,
+    )
+    print(
+        f"{summary['frames']} frames in {summary['seconds']:.1f} s = {summary['fps']:.1f} fps "
+        f"-> {summary['out']}"
+    )
+    for c, share in sorted(summary["share"].items(), key=lambda kv: -kv[1]):
+        print(f"  {c:16s} {100 * share:5.1f}% of pixels")
+    if summary["background"]:
+        print(f"  {'(background)':16s} {100 * summary['background']:5.1f}% of pixels")
+    return 0
+
+
 def _demo(args) -> int:
     from importlib import resources
 
     from clips4rt.segmenter import Segmenter
 
     root = resources.files("clips4rt") / "models"
-    model = Path(str(root / "toy.onnx"))
-    if not model.is_file():
-        raise FileNotFoundError(f"the embedded model {model} is missing: reinstall clips4rt")
+    model = _embedded_model()
     classes = (
         _split(args.classes) if args.classes else (root / "toy.classes.txt").read_text().split("\n")
     )
@@ -113,6 +157,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
     s.set_defaults(fn=_segment)
+    v = sub.add_parser("video", help="segment a video file or camera into an overlay video")
+    v.add_argument("input", help="video file, or a camera index (0 = /dev/video0)")
+    v.add_argument("--classes", required=True, help='comma-separated names, "person,car"')
+    v.add_argument("--out", required=True, help="overlay video (.mp4, .mkv, .mov, .avi, .webm)")
+    v.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
+    v.add_argument("--labels-dir", help="also write one label PNG per frame here")
+    v.add_argument("--threshold", type=float, help="background probability threshold")
+    v.add_argument("--background", help="comma-separated background class names")
+    v.add_argument("--threads", type=int, help="CPU threads")
+    v.add_argument("--max-frames", type=int, help="stop after this many frames (cameras)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(fn=_video)
     d = sub.add_parser("demo", help="segment a bundled toy scene with the embedded model")
     d.add_argument("--out", default="clips4rt_demo", help="output folder")
     d.add_argument("--image", help="another image to segment (default: the bundled scene)")
@@ -129,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (BundleError, ImageError, ValueError, TypeError, FileNotFoundError) as e:
+    except (BundleError, ImageError, VideoError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

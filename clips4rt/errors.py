@@ -7,3 +7,7 @@ class BundleError(ValueError):
 
 class ImageError(ValueError):
     """An input image cannot be read or is not in a supported format."""
+
+
+class VideoError(ValueError):
+    """A video cannot be read or written (missing codec or PyAV, no frames, bad path)."""

@@ -48,7 +48,8 @@ def overlay(
     fg = labels >= 0
     out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
     img = Image.fromarray(out.round().astype(np.uint8))
-    present = [k for k in range(len(classes)) if (labels == k).any()]
+    counts = np.bincount(labels.ravel() + 1, minlength=len(classes) + 1)[1:]
+    present = [k for k in range(len(classes)) if counts[k]]
     if not present:
         return img
     font = ImageFont.load_default()
