@@ -115,6 +115,7 @@ class Segmenter:
         self._check_io()
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._last_prompts = None
         self._disk = (
             None
             if cache_dir is None
@@ -221,7 +222,16 @@ class Segmenter:
             templates: prompt templates with one '{}' (default: the bundle's).
             size: short side the image is resized to (default: the bundle's).
         """
-        return self.run_batch([image], classes, **options)[0]
+        size = options.pop("size", None)
+        classes, threshold, protos = self._prompts(classes, **options)
+        image, emb = self._embed_one(image, size)
+        return self._postprocess(emb, protos, image, classes, threshold)
+
+    def _embed_one(self, image, size) -> tuple[np.ndarray, np.ndarray]:
+        """(the image as HxWx3 uint8, its (D, h, w) embeddings)."""
+        image = load_image(image)
+        hh, ww = self.working_size(*image.shape[:2], size)
+        return image, self.embed(self._resize(image, hh, ww)[None])[0]
 
     def run_batch(
         self,
@@ -241,7 +251,10 @@ class Segmenter:
             groups.setdefault(self.working_size(*a.shape[:2], size), []).append(i)
         results: list[SegmentationResult | None] = [None] * len(arrays)
         for (hh, ww), idx in groups.items():
-            batch = np.stack([self._resize(arrays[i], hh, ww) for i in idx])
+            if len(idx) == 1:  # a view, no copy
+                batch = self._resize(arrays[idx[0]], hh, ww)[None]
+            else:
+                batch = np.stack([self._resize(arrays[i], hh, ww) for i in idx])
             emb = self.embed(batch)
             for j, i in enumerate(idx):
                 results[i] = self._postprocess(emb[j], protos, arrays[i], classes, threshold)
@@ -275,9 +288,7 @@ class Segmenter:
             self.working_size(self.info.stride, self.info.stride, size)  # checks size
 
         def produce(frame):
-            image = load_image(frame)
-            hh, ww = self.working_size(*image.shape[:2], size)
-            return image, self.embed(self._resize(image, hh, ww)[None])[0]
+            return self._embed_one(frame, size)
 
         def consume(item):
             image, emb = item
@@ -285,8 +296,26 @@ class Segmenter:
 
         return pipelined(frames, produce, consume, prefetch)
 
-    def _prompts(self, classes, threshold, background, templates):
-        """Checked (classes, threshold, prototypes incl. background names)."""
+    def _prompts(self, classes, threshold=None, background=None, templates=None):
+        """Checked (classes, threshold, prototypes incl. background names). The last
+        answer is kept: a video asks the same question every frame."""
+        try:
+            key = tuple(
+                None if v is None or isinstance(v, (str, float, int)) else tuple(v)
+                for v in (classes, background, templates)
+            ) + (threshold, type(classes), type(background), type(templates))
+            hash(key)
+        except TypeError:
+            key = None
+        last = self._last_prompts
+        if key is not None and last is not None and last[0] == key:
+            return last[1]
+        answer = self._check_prompts(classes, threshold, background, templates)
+        if key is not None:
+            self._last_prompts = (key, answer)
+        return answer
+
+    def _check_prompts(self, classes, threshold, background, templates):
         classes = check_classes(classes)
         threshold = self.info.background_threshold if threshold is None else float(threshold)
         if not 0.0 <= threshold <= 1.0:
