@@ -43,11 +43,10 @@ def overlay(
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
         labels = labels.repeat(scale, axis=0).repeat(scale, axis=1)
-    colours = palette(len(classes)).astype(np.float32)
-    out = image.astype(np.float32)
-    fg = labels >= 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
-    img = Image.fromarray(out.round().astype(np.uint8))
+    from kernels.cpu import blend_labels
+
+    colours = palette(len(classes))
+    img = Image.fromarray(blend_labels(image, labels, colours, alpha))
     counts = np.bincount(labels.ravel() + 1, minlength=len(classes) + 1)[1:]
     present = [k for k in range(len(classes)) if counts[k]]
     if not present:

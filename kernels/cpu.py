@@ -39,6 +39,8 @@ except ImportError:  # pragma: no cover - exercised when the extension is absent
 __all__ = [
     "HAVE_NATIVE",
     "available_isas",
+    "blend_labels",
+    "blend_labels_reference",
     "bilinear_taps",
     "match_upsample",
     "match_upsample_reference",
@@ -243,4 +245,43 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int], threads: int = 0) -> np
         return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     out = np.empty((h, w, image.shape[2]), np.uint8)
     _cpu.resize_bilinear(np.ascontiguousarray(image), out, int(threads))
+    return out
+
+
+def blend_labels_reference(
+    image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float
+) -> np.ndarray:
+    """numpy oracle of :func:`blend_labels`."""
+    a = int(round(alpha * 256))
+    k = labels.astype(np.int64)
+    fg = (k >= 0) & (k < len(colours))
+    col = colours[np.where(fg, k, 0)].astype(np.uint32)
+    mixed = (image.astype(np.uint32) * (256 - a) + col * a + 128) >> 8
+    return np.where(fg[..., None], mixed, image).astype(np.uint8)
+
+
+def blend_labels(
+    image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float, threads: int = 0
+) -> np.ndarray:
+    """(H, W, 3) uint8: ``image`` with ``colours[labels]`` blended in at ``alpha``
+    (fixed point, 1/256 steps, rounded) where labels index a colour; elsewhere the
+    image unchanged. One pass in C++ (the float numpy version took ~90 ms at 720p)."""
+    if not (image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels {labels.shape} do not match the image {image.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+    colours = np.ascontiguousarray(colours, np.uint8).reshape(-1, 3)
+    if not HAVE_NATIVE:  # pragma: no cover - exercised when the extension is absent
+        return blend_labels_reference(image, labels, colours, alpha)
+    out = np.empty_like(image)
+    _cpu.blend_labels(
+        np.ascontiguousarray(image),
+        np.ascontiguousarray(labels, np.int32),
+        colours,
+        int(round(alpha * 256)),
+        out,
+        int(threads),
+    )
     return out

@@ -284,3 +284,22 @@ def test_resize_rejects_bad_arguments(rng):
     with pytest.raises(ValueError, match="size"):
         cpu.resize_rgb(img, (0, 4))
     assert cpu.resize_rgb(img, (8, 8)) is img
+
+
+# --------------------------------------------------------------------------- overlay
+@native
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+def test_blend_labels_matches_reference(rng, alpha):
+    img = rng.integers(0, 256, (37, 53, 3), np.uint8)
+    labels = rng.integers(-2, 7, (37, 53)).astype(np.int32)  # -1/-2 background, 5-6 no colour
+    colours = rng.integers(0, 256, (5, 3), np.uint8)
+    got = cpu.blend_labels(img, labels, colours, alpha)
+    np.testing.assert_array_equal(got, cpu.blend_labels_reference(img, labels, colours, alpha))
+    keep = (labels < 0) | (labels >= 5)
+    np.testing.assert_array_equal(got[keep], img[keep])
+    exact = (1 - alpha) * img[~keep] + alpha * colours[labels[~keep]].astype(float)
+    assert np.abs(got[~keep] - exact).max() <= 1  # fixed point, 1/256 steps
+    with pytest.raises(ValueError, match="labels"):
+        cpu.blend_labels(img, labels[:, :5], colours, alpha)
+    with pytest.raises(ValueError, match="alpha"):
+        cpu.blend_labels(img, labels, colours, 1.5)

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "matching.h"
+#include "overlay.h"
 #include "resize.h"
 
 namespace nb = nanobind;
@@ -79,6 +80,20 @@ static void resize_bilinear(In<std::uint8_t, nb::ndim<3>> src, Out<std::uint8_t,
                                dst.shape(0), dst.shape(1), threads);
 }
 
+static void blend_labels(In<std::uint8_t, nb::ndim<3>> image, In<std::int32_t, nb::ndim<2>> labels,
+                         In<std::uint8_t, nb::ndim<2>> colours, int alpha,
+                         Out<std::uint8_t, nb::ndim<3>> out, int threads) {
+  const std::size_t H = image.shape(0), W = image.shape(1);
+  if (image.shape(2) != 3 || out.shape(2) != 3 || colours.shape(1) != 3)
+    throw nb::value_error("image, out and colours need 3 channels");
+  if (labels.shape(0) != H || labels.shape(1) != W || out.shape(0) != H || out.shape(1) != W)
+    throw nb::value_error("labels and out must match the image's (H, W)");
+  if (alpha < 0 || alpha > 256) throw nb::value_error("alpha must be within [0, 256]");
+  nb::gil_scoped_release release;
+  clips4rt::blend_labels(image.data(), labels.data(), H * W, colours.data(), colours.shape(0),
+                         alpha, out.data(), threads);
+}
+
 NB_MODULE(_cpu, m) {
   m.doc() = "clips4rt CPU kernels (use kernels.cpu, not this module)";
   // noconvert: a wrong dtype or a strided view is a TypeError, never a silent copy
@@ -91,6 +106,10 @@ NB_MODULE(_cpu, m) {
   m.def("resize_bilinear", &resize_bilinear, nb::arg("src").noconvert(),
         nb::arg("dst").noconvert(), nb::arg("threads") = 0,
         "Antialiased bilinear resize of an (H, W, C) uint8 image into dst (h, w, C).");
+  m.def("blend_labels", &blend_labels, nb::arg("image").noconvert(),
+        nb::arg("labels").noconvert(), nb::arg("colours").noconvert(), nb::arg("alpha"),
+        nb::arg("out").noconvert(), nb::arg("threads") = 0,
+        "Blend class colours over an (H, W, 3) uint8 image where labels >= 0.");
   m.def("available_isas", &available_isas,
         "Instruction sets of the matching kernel usable on this CPU, best first.");
 }
