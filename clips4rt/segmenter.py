@@ -25,6 +25,15 @@ __all__ = ["SegmentationResult", "Segmenter", "check_classes", "resolve_provider
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
+def _memo_key(v):
+    """A hashable copy of None or a list/tuple of strings, else Ellipsis (no memo)."""
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    return Ellipsis
+
+
 def resolve_providers(providers: Sequence[str] | None) -> list[str]:
     """TensorRT/CUDA when onnxruntime-gpu sees them, then CPU; or the explicit list."""
     available = ort.get_available_providers()
@@ -299,14 +308,14 @@ class Segmenter:
     def _prompts(self, classes, threshold=None, background=None, templates=None):
         """Checked (classes, threshold, prototypes incl. background names). The last
         answer is kept: a video asks the same question every frame."""
-        try:
-            key = tuple(
-                None if v is None or isinstance(v, (str, float, int)) else tuple(v)
-                for v in (classes, background, templates)
-            ) + (threshold, type(classes), type(background), type(templates))
-            hash(key)
-        except TypeError:
-            key = None
+        key = (
+            _memo_key(classes),
+            threshold if isinstance(threshold, (int, float)) else None,
+            _memo_key(background),
+            _memo_key(templates),
+        )
+        if threshold is not None and key[1] is None or Ellipsis in key:
+            key = None  # not a plain call: no memo (and nothing consumed)
         last = self._last_prompts
         if key is not None and last is not None and last[0] == key:
             return last[1]

@@ -170,3 +170,15 @@ def test_disk_cache_is_keyed_by_the_text_graph(bundles, tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="cache_dir"):
         clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path / "a_file" / "sub")
+
+
+def test_repeated_prompts_are_remembered_but_never_stale(seg, rng):
+    img = _frames(rng, 1)[0]
+    a = seg.run(img, CLASSES)
+    b = seg.run(img, CLASSES[:2])
+    assert b.classes == CLASSES[:2] and (b.labels < 2).all()
+    gen = seg.run(img, (c for c in CLASSES))  # a generator is read once, not memoised
+    np.testing.assert_array_equal(gen.labels, a.labels)
+    t = seg.run(img, CLASSES, threshold=0.9)  # another threshold, another answer
+    assert (t.labels == -1).any() and not (a.labels == -1).any()
+    np.testing.assert_array_equal(seg.run(img, CLASSES).labels, a.labels)

@@ -187,6 +187,21 @@ inline void write(const MatchArgs& a, std::size_t o, std::size_t valid, VI best,
 // Rows go in blocks of RB whose running max, argmax and sums stay in registers.
 constexpr std::size_t RB = L >= 16 ? 4 : 2;
 
+// sum[j] = sum_k E_k(j) for the next nb rows, E_k advanced in place: E_k *= R_k.
+template <std::size_t nb>
+inline void recurrence_sums(float* tE, const float* tR, std::size_t K, V (&sum)[nb]) {
+  for (std::size_t j = 0; j < nb; ++j) sum[j] = V{};
+  for (std::size_t k = 0; k < K; ++k) {
+    V e = load(tE + k * L);
+    const V r = load(tR + k * L);
+    for (std::size_t j = 0; j < nb; ++j) {
+      sum[j] += e;
+      e *= r;
+    }
+    store(tE + k * L, e);
+  }
+}
+
 // The argmax runs over the band's candidates only (classes that no class beats at
 // both source rows: a class beaten at both ends is beaten on the whole band), the
 // softmax sum over all K classes.
@@ -215,16 +230,7 @@ inline void rows_block(const float* tA, const float* tD, float* tE, const float*
     }
   }
   if (sums && recur) {
-    for (std::size_t j = 0; j < nb; ++j) sum[j] = V{};
-    for (std::size_t k = 0; k < K; ++k) {
-      V e = load(tE + k * L);
-      const V r = load(tR + k * L);
-      for (std::size_t j = 0; j < nb; ++j) {
-        sum[j] += e;
-        e *= r;
-      }
-      store(tE + k * L, e);
-    }
+    recurrence_sums<nb>(tE, tR, K, sum);
     for (std::size_t j = 0; j < nb; ++j) ew[j] = exp_(t * (m[j] - c));
   } else if (sums) {
     for (std::size_t j = 0; j < nb; ++j) sum[j] = V{};
@@ -264,16 +270,7 @@ inline void decided_block(float* tE, const float* tR, std::size_t K, const float
                           V dw, VI w, V& ew, V rw, const MatchArgs& a, std::size_t o,
                           std::size_t valid) {
   V sum[nb];
-  for (std::size_t j = 0; j < nb; ++j) sum[j] = V{};
-  for (std::size_t k = 0; k < K; ++k) {
-    V e = load(tE + k * L);
-    const V r = load(tR + k * L);
-    for (std::size_t j = 0; j < nb; ++j) {
-      sum[j] += e;
-      e *= r;
-    }
-    store(tE + k * L, e);
-  }
+  recurrence_sums<nb>(tE, tR, K, sum);
   for (std::size_t j = 0; j < nb; ++j) {
     write(a, o + j * a.W, valid, w, aw + splat(ly[j]) * dw, ew / sum[j]);
     ew *= rw;
