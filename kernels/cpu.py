@@ -20,8 +20,10 @@ with the GIL released, and without materialising the (K, H, W) maps.
 Rounding rules: the kernel's cosines carry float32 dot-product error, at most
 about ``(D + 8) * 2**-24 * |p| * |e|`` (3e-5 for unit vectors at D = 512), so its labels
 can differ from the oracle's only where the oracle's two best values are closer
-than twice that (near-ties); scores agree to that error and probs to ~1e-6
-relative (float32 exp with a 2-ulp polynomial, float32 sum).
+than twice that (near-ties); scores agree to that error, and probs to about
+``2 * logit_scale`` times it, relative (exp turns an absolute logit error into a
+relative one), plus ~1e-6 from the float32 exp polynomial and the softmax
+recurrence between source rows (see kernels/csrc/matching_simd.h).
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def match_upsample(
         protos: (K, D) float32 prototypes.
         out_size: (H, W) of the result, e.g. the original image size.
         logit_scale: multiplier of the cosines inside the softmax (CLIP's, ~100).
-        threads: worker threads of the C++ kernel, 0 = all cores.
+        threads: at most this many threads of the C++ kernel (0 = all cores); small
+            frames use fewer (one per ~1 M units of work, a thread start costs ~50 us).
         native: force (True) or forbid (False) the C++ kernel; None = use it if built.
         n_classes: prototypes ``n_classes..K-1`` are background names: pixels they
             win get label -1 (None = all K are classes).
