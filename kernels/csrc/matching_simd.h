@@ -60,6 +60,7 @@ inline V exp_(V x) {
 // broadcast prototype weight NB FMAs. G = 7 (K = 21 in 3 groups) measured 10-40%
 // faster than G = 6 or NB = 3 / 4 at D = 512, 1080p / 8 on this 2-core Zen 4.
 constexpr std::size_t NB = 2;
+constexpr std::size_t PFD = 2;
 constexpr std::size_t G = L >= 16 ? 7 : 4;
 static_assert(G <= 7, "cosines() dispatches tail groups of 1..6 classes");
 
@@ -72,9 +73,9 @@ inline void cos_tile(const float* emb, std::size_t D, std::size_t P, const float
   for (std::size_t d = 0; d < D; ++d) {
     V e[NB];
     for (std::size_t n = 0; n < NB; ++n) e[n] = load(emb + d * P + p + n * L);
-    if (prefetch)  // the next tile's lines: D rows P floats apart defeat the prefetchers
+    if (prefetch)  // a later tile's lines: D rows P floats apart defeat the prefetchers
       for (std::size_t b = 0; b < NB * L * 4; b += 64)
-        __builtin_prefetch(reinterpret_cast<const char*>(emb + d * P + p + NB * L) + b);
+        __builtin_prefetch(reinterpret_cast<const char*>(emb + d * P + p + PFD * NB * L) + b);
     for (std::size_t j = 0; j < g; ++j) {
       const V c = splat(protos[j * D + d]);
       for (std::size_t n = 0; n < NB; ++n) acc[j][n] += c * e[n];
