@@ -33,22 +33,23 @@ inline void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
 inline void storei(std::int32_t* p, VI v) { __builtin_memcpy(p, &v, sizeof v); }
 inline std::size_t min_(std::size_t a, std::size_t b) { return a < b ? a : b; }
 
-// exp(x) for x <= 88 (x < -87 gives exp(-87) ~ 1.6e-38, harmless in our sums).
-// Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial; max relative
-// error ~2 ulp. 2^n is built in the exponent bits (n >= -126: a normal float).
+// exp(x) for x <= 88 (x < -87 gives exp(-87) ~ 1.6e-38, harmless in our sums), as
+// 2^y, y = x log2(e) = n + f, |f| <= 1/2: 2^f by its degree-6 Taylor polynomial
+// (relative error <= (ln2 / 2)^7 / 7! = 1.2e-7, about 1 ulp), 2^n in the exponent
+// bits (n >= -126: a normal float). 15 vector operations (Cephes' expf took 18).
 inline V exp_(V x) {
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  V y = x * 1.44269504088896341f;
+  y = y < splat(-125.5f) ? splat(-125.5f) : y;
   const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  V n = (x * 1.44269504088896341f + magic) - magic;
-  V r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  V p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  const V n = (y + magic) - magic;
+  const V f = y - n;
+  V p = splat(1.5403530393381606e-4f);
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
   VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
   V scale;
   __builtin_memcpy(&scale, &bits, sizeof scale);
