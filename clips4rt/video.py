@@ -124,6 +124,7 @@ def segment_video(
         labels_dir.mkdir(parents=True, exist_ok=True)
     container = open_source(source)
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    written: list[Path] = []  # label PNGs of this run, removed if it fails
     counts = np.zeros(len(classes) + 1, np.int64)
     n = 0
     encoder = None
@@ -146,10 +147,10 @@ def segment_video(
                         raise VideoError(f"cannot write {out} ({e})") from e
                 counts += np.bincount(r.labels.ravel() + 1, minlength=len(classes) + 1)
                 image = np.asarray(r.overlay())
-                for packet in encoder[1].encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                    encoder[0].mux(packet)
+                _encode(av, encoder, av.VideoFrame.from_ndarray(image, format="rgb24"), out)
                 if labels_dir is not None:
-                    label_png(r.labels, len(classes)).save(labels_dir / f"{n:06d}.png")
+                    written.append(labels_dir / f"{n:06d}.png")
+                    label_png(r.labels, len(classes)).save(written[-1])
                 n += 1
                 if bar is not None:
                     bar.update(1)
@@ -161,8 +162,7 @@ def segment_video(
                 bar.close()
         if n == 0:
             raise VideoError(f"{source}: the video has no frames")
-        for packet in encoder[1].encode():  # flush
-            encoder[0].mux(packet)
+        _encode(av, encoder, None, out)  # flush
         encoder[0].close()
         encoder = None
         os.replace(partial, out)
@@ -173,6 +173,8 @@ def segment_video(
             except Exception:  # noqa: BLE001 - the original error matters
                 pass
         partial.unlink(missing_ok=True)
+        for f in written:
+            f.unlink(missing_ok=True)
         raise
     finally:
         container.close()
@@ -186,6 +188,15 @@ def segment_video(
         "share": {c: float(share[k + 1]) for k, c in enumerate(classes) if share[k + 1] > 0},
         "background": float(share[0]),
     }
+
+
+def _encode(av, encoder, frame, out: Path) -> None:
+    """Encode one frame (None: flush) and mux its packets; errors name the output."""
+    try:
+        for packet in encoder[1].encode(frame):
+            encoder[0].mux(packet)
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(f"cannot write {out} ({e})") from e
 
 
 def _progress(enabled: bool, total):

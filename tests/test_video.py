@@ -91,10 +91,13 @@ def test_failure_mid_video_removes_the_partial_file(seg, rng, tmp_path, monkeypa
             yield f
 
     monkeypatch.setattr(video, "frames", breaks)
-    out = tmp_path / "o.mp4"
+    out, labels = tmp_path / "o.mp4", tmp_path / "labels"
+    labels.mkdir()
+    (labels / "mine.txt").write_text("the user's file stays")
     with pytest.raises(clips4rt.VideoError, match="frame 3"):
-        video.segment_video(seg, clip, CLASSES, out, progress=False)
+        video.segment_video(seg, clip, CLASSES, out, labels_dir=labels, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+    assert [p.name for p in labels.iterdir()] == ["mine.txt"]  # its label PNGs went too
 
 
 def test_cli(bundles, rng, tmp_path, capsys):
