@@ -101,6 +101,22 @@ def bench_embedded(repeats: int, threads: int = 2) -> None:
             f"  {W}x{H}: run/raw over {len(ratios)} frames: max {max(ratios):.3f}, "
             f"mean {statistics.mean(ratios):.3f} (target <= {target})"
         )
+        _post_threads_ab(seg, classes, (H, W), repeats)
+
+
+def _post_threads_ab(seg, classes, size, repeats) -> None:
+    """run() with post_threads 1 (the default) vs 2, interleaved in one process."""
+    frame = _toy_frames(size, 1)[0]
+    times = {1: [], 2: []}
+    for _ in range(repeats):
+        for pt in times:
+            seg.post_threads = pt
+            t = time.perf_counter()
+            seg.run(frame, classes)
+            times[pt].append(time.perf_counter() - t)
+    seg.post_threads = 1
+    m = {pt: min(v) * 1e3 for pt, v in times.items()}
+    print(f"    post_threads 1 vs 2 (A/B): run {m[1]:.2f} vs {m[2]:.2f} ms")
 
 
 def bench_text_cache(clip: str, n_classes: int) -> None:

@@ -87,8 +87,12 @@ class Segmenter:
             must sit beside it.
         providers: onnxruntime execution providers; None = TensorRT/CUDA if
             available, else CPU.
-        threads: intra-op threads of the CPU provider and of post-processing
-            (None = onnxruntime's default / all cores).
+        threads: intra-op threads of the CPU provider (None = onnxruntime's
+            default, all cores).
+        post_threads: at most this many threads for the C++ resize and matching
+            (0 = all cores). Default 1: right after a graph run onnxruntime's
+            threads keep spinning, and a second post-processing thread then made
+            1080p frames slower, not faster, on 2 cores (BENCHMARKS.md).
         cache_dir: folder for an on-disk cache of prompt embeddings (keyed by the
             text graph's sha256, the templates and the class name), so that a
             restarted app skips the text graph; None = in memory only.
@@ -100,12 +104,16 @@ class Segmenter:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         cache_dir=None,
+        post_threads: int = 1,
     ):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         self.providers = resolve_providers(providers)
         self.threads = threads
+        if not (isinstance(post_threads, int) and 0 <= post_threads <= 1024):
+            raise ValueError(f"post_threads must be an int in [0, 1024], got {post_threads!r}")
+        self.post_threads = post_threads
         self._image = self._session(self.path)
         meta = self._image.get_modelmeta().custom_metadata_map
         self.info = B.BundleInfo.from_metadata(meta, str(self.path))
@@ -337,7 +345,7 @@ class Segmenter:
         return classes, threshold, self.text_embeddings(classes + bg, templates)
 
     def _resize(self, a: np.ndarray, h: int, w: int) -> np.ndarray:
-        return resize_rgb(a, (h, w), threads=self.threads or 0)
+        return resize_rgb(a, (h, w), threads=self.post_threads)
 
     def _postprocess(self, emb, protos, image, classes, threshold) -> SegmentationResult:
         """Labels now; probabilities and cosines now only if the threshold needs
@@ -349,7 +357,7 @@ class Segmenter:
                 protos,
                 image.shape[:2],
                 self.info.logit_scale,
-                threads=self.threads or 0,
+                threads=self.post_threads,
                 n_classes=len(classes),
                 threshold=threshold,
             )
@@ -362,7 +370,7 @@ class Segmenter:
             protos,
             image.shape[:2],
             self.info.logit_scale,
-            threads=self.threads or 0,
+            threads=self.post_threads,
             n_classes=len(classes),
             labels_only=True,
         )
