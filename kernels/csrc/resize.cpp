@@ -57,6 +57,7 @@ void axpy_u8(float* __restrict acc, const std::uint8_t* __restrict s, float w, s
 // and the next pixel's R, ignored) and one 4-wide multiply-add, instead of three
 // scalar ones. acc must hold one float past the row.
 typedef float F4 __attribute__((vector_size(16)));
+typedef std::int32_t I4 __attribute__((vector_size(16)));
 
 void horizontal_rgb(const float* acc, const Coeffs& cx, std::size_t w, std::uint8_t* d) {
   for (std::size_t x = 0; x < w; ++x) {
@@ -68,8 +69,13 @@ void horizontal_rgb(const float* acc, const Coeffs& cx, std::size_t w, std::uint
       std::memcpy(&p, a + i * 3, sizeof p);
       v += wx[i] * p;
     }
-    for (int c = 0; c < 3; ++c)
-      d[x * 3 + c] = static_cast<std::uint8_t>(std::min(255.0f, std::max(0.0f, v[c] + 0.5f)));
+    v += 0.5f;  // round half up, clamp, convert: in the vector, 3 byte stores
+    v = v < 0.0f ? F4{} : v;
+    v = v > 255.0f ? F4{} + 255.0f : v;
+    const I4 q = __builtin_convertvector(v, I4);
+    d[x * 3] = static_cast<std::uint8_t>(q[0]);
+    d[x * 3 + 1] = static_cast<std::uint8_t>(q[1]);
+    d[x * 3 + 2] = static_cast<std::uint8_t>(q[2]);
   }
 }
 
