@@ -7,12 +7,13 @@
 //   2. each needed low-resolution row resampled along x into (K, tile) buffers that
 //      stay in L2 (K x h x W lerps in all: the scattered reads happen at low
 //      resolution only);
-//   3. per output row: K lerps along y, a running argmax, K exps for the winner's
-//      softmax, in vectors of output pixels; the three (H, W) outputs written once.
+//   3. per band of output rows between two source rows, in vectors of columns: the
+//      winner decided where one class leads at both source rows, else an argmax
+//      over the band's candidate classes; the softmax sum by a recurrence along the
+//      band (2 exps per class and band); the (H, W) outputs written once.
 // Nothing of size K x H x W is ever materialised.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>

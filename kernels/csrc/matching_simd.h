@@ -136,8 +136,6 @@ void resample_row(const float* cos, std::size_t K, std::size_t h, std::size_t w,
   // Runs of output columns share their taps: out = a + l[x] * d with a, d scalars, so
   // each run is a few vector FMAs (a vector may spill past its run: the next run, or
   // the padding at the end of the row, overwrites it).
-  (void)h;
-  (void)w;
   const std::size_t xe = xb + n;
   std::size_t r = 0;
   while (tx.run_end[r] <= xb) ++r;  // first run that reaches into the tile
