@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -90,9 +91,13 @@ class Segmenter:
         threads: intra-op threads of the CPU provider (None = onnxruntime's
             default, all cores).
         post_threads: at most this many threads for the C++ resize and matching
-            (0 = all cores). Default 1: right after a graph run onnxruntime's
-            threads keep spinning, and a second post-processing thread then made
-            1080p frames slower, not faster, on 2 cores (BENCHMARKS.md).
+            (0 = all cores; None = ``threads`` up to the core count, or all
+            cores). Small frames use fewer (one per ~1 M units of work).
+        spin: let onnxruntime's threads spin-wait for work after a graph run (its
+            default). Off by default here: spinning threads hold the cores that the
+            post-processing threads and a stream's graph worker need right after each
+            run (1080p ``run`` 18.3 -> 17.3 ms with 2 post threads on 2 cores, the
+            graph itself ~2 % slower; BENCHMARKS.md). Turn it on for a graph-only loop.
         cache_dir: folder for an on-disk cache of prompt embeddings (keyed by the
             text graph's sha256, the templates and the class name), so that a
             restarted app skips the text graph; None = in memory only.
@@ -104,16 +109,20 @@ class Segmenter:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         cache_dir=None,
-        post_threads: int = 1,
+        post_threads: int | None = None,
+        spin: bool = False,
     ):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         self.providers = resolve_providers(providers)
         self.threads = threads
+        if post_threads is None:
+            post_threads = min(int(threads), os.cpu_count() or 1) if threads else 0
         if not (isinstance(post_threads, int) and 0 <= post_threads <= 1024):
             raise ValueError(f"post_threads must be an int in [0, 1024], got {post_threads!r}")
         self.post_threads = post_threads
+        self.spin = bool(spin)
         self._image = self._session(self.path)
         meta = self._image.get_modelmeta().custom_metadata_map
         self.info = B.BundleInfo.from_metadata(meta, str(self.path))
@@ -143,6 +152,7 @@ class Segmenter:
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         try:
             return ort.InferenceSession(str(path), opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises several private types here

@@ -98,6 +98,16 @@ def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return i0, i1, src - i0
 
 
+def aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """``np.empty`` whose data starts on an ``align``-byte boundary (numpy only
+    promises 16): the kernel writes such outputs with streaming stores."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(n + align, np.uint8)
+    off = -buf.ctypes.data % align
+    return buf[off : off + n].view(dtype).reshape(shape)
+
+
 def match_upsample_reference(
     emb: np.ndarray,
     protos: np.ndarray,
@@ -182,7 +192,7 @@ def match_upsample(
     H, W = int(out_size[0]), int(out_size[1])
     want = (np.int32, None, None) if labels_only else (np.int32, np.float32, np.float32)
     if out is None:
-        out = tuple(None if t is None else np.empty((H, W), t) for t in want)
+        out = tuple(None if t is None else aligned_empty((H, W), t) for t in want)
     else:
         out = tuple(out)
         if len(out) != 3 or any(

@@ -148,6 +148,41 @@ def test_background_rule_labels_only_and_out(rng, isa):
 
 
 @native
+@pytest.mark.parametrize("isa", ISAS)
+def test_streaming_stores_write_the_same_outputs(rng, isa):
+    # >= 2^18 output pixels, W a multiple of every vector width: 64-byte aligned
+    # outputs (the default ones) take the streaming-store path, outputs shifted by
+    # one element the plain one; both must hold the same values, tails included.
+    H, W = 520, 512
+    emb, protos = _smooth(rng, 32, 65, 64, 6)
+    emb[:, :20] = _unit(rng, 32, 20, 64, axis=0)  # some undecided bands as well
+    for labels_only in (False, True):
+        got = cpu.match_upsample(
+            emb, protos, (H, W), 50.0, native=True, isa=isa, labels_only=labels_only
+        )
+        assert all(g is None or g.ctypes.data % 64 == 0 for g in got)
+        shifted = []
+        for dt, g in zip((np.int32, np.float32, np.float32), got):
+            buf = np.zeros(H * W + 1, dt)
+            shifted.append(None if g is None else buf[1:].reshape(H, W))
+        plain = cpu.match_upsample(
+            emb,
+            protos,
+            (H, W),
+            50.0,
+            native=True,
+            isa=isa,
+            labels_only=labels_only,
+            out=tuple(shifted),
+        )
+        assert plain[0].ctypes.data % 64 != 0
+        for a, b in zip(got, plain):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+    _check_against_oracle(emb, protos, H, W, 50.0, isa)  # aligned: the streaming path
+
+
+@native
 def test_instruction_sets_and_threads_agree(rng):
     emb, protos = _smooth(rng, 64, 19, 23, 9)
     base = cpu.match_upsample(emb, protos, (150, 181), 100.0, threads=1, native=True)

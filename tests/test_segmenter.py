@@ -1,5 +1,7 @@
 """Segmenter end to end on tiny bundles and image files of every supported mode."""
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -185,6 +187,23 @@ def test_providers(bundles):
     assert seg.providers == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="not available"):
         clips4rt.Segmenter(bundles["maskclip"], providers=["NoSuchExecutionProvider"])
+
+
+def test_thread_options(bundles, rng):
+    key = "session.intra_op.allow_spinning"
+    seg = clips4rt.Segmenter(bundles["maskclip"], threads=3)
+    assert seg.post_threads == min(3, os.cpu_count())  # follow onnxruntime's threads
+    assert seg._image.get_session_options().get_session_config_entry(key) == "0"
+    spun = clips4rt.Segmenter(bundles["maskclip"], threads=1, post_threads=2, spin=True)
+    assert spun.post_threads == 2
+    assert spun._image.get_session_options().get_session_config_entry(key) == "1"
+    assert clips4rt.Segmenter(bundles["maskclip"]).post_threads == 0  # all cores
+    img = _rgb(rng)
+    a, b = seg.run(img, ["cat", "dog"]), spun.run(img, ["cat", "dog"])
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for bad in (-1, 1.5, "2", 5000):
+        with pytest.raises(ValueError, match="post_threads"):
+            clips4rt.Segmenter(bundles["maskclip"], post_threads=bad)
 
 
 def test_cli_segment_and_info(bundles, tmp_path, rng, capsys):

@@ -14,6 +14,7 @@
 // Nothing of size K x H x W is ever materialised.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -123,7 +124,7 @@ const char* const* available_isas(std::size_t* count) {
   return available().names.data();
 }
 
-bool match_upsample(const MatchArgs& a, int threads, const char* isa) {
+bool match_upsample(const MatchArgs& args, int threads, const char* isa) {
   const IsaKernels* kern = nullptr;
   for (const IsaKernels* k : available().kernels)
     if (!std::strcmp(isa, "auto") || !std::strcmp(isa, k->name)) {
@@ -131,6 +132,13 @@ bool match_upsample(const MatchArgs& a, int threads, const char* isa) {
       break;
     }
   if (kern == nullptr) return false;  // the binding checks the name first
+  MatchArgs a = args;
+  const auto aligned = [&](const void* p) {
+    return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % (4 * kern->lanes) == 0;
+  };
+  // (only for outputs of 1 MB and more: a small result stays in cache for its reader)
+  a.stream = a.H * a.W >= (std::size_t{1} << 18) && a.W % kern->lanes == 0 &&
+             aligned(a.labels) && aligned(a.scores) && aligned(a.probs);
   const std::size_t nthreads =
       threads > 0 ? static_cast<std::size_t>(threads)
                   : std::max(1u, std::thread::hardware_concurrency());

@@ -30,6 +30,9 @@ struct MatchArgs {
   float* scores;  // may be null: not written
   float* probs;   // may be null: no softmax at all (threshold must be 0)
   std::size_t H, W;
+  // set by match_upsample: every output is aligned to the vector width and W is a
+  // multiple of it, so full vectors go out with non-temporal (streaming) stores
+  bool stream = false;
 };
 
 // Returns false (and leaves the outputs undefined) if a cosine is not finite.
