@@ -92,7 +92,7 @@ class Segmenter:
             default, all cores).
         post_threads: at most this many threads for the C++ resize and matching
             (0 = all cores; None = ``threads`` up to the core count, or all
-            cores). Small frames use fewer (one per ~1 M units of work).
+            cores). Small frames use fewer (one per ~0.5 M units of work).
         spin: let onnxruntime's threads spin-wait for work after a graph run (its
             default). Off by default here: spinning threads hold the cores that the
             post-processing threads and a stream's graph worker need right after each

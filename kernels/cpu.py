@@ -161,7 +161,7 @@ def match_upsample(
         out_size: (H, W) of the result, e.g. the original image size.
         logit_scale: multiplier of the cosines inside the softmax (CLIP's, ~100).
         threads: at most this many threads of the C++ kernel (0 = all cores); small
-            frames use fewer (one per ~1 M units of work, a thread start costs ~50 us).
+            frames use fewer (one per ~0.5 M units of work, a thread start costs ~50 us).
         native: force (True) or forbid (False) the C++ kernel; None = use it if built.
         n_classes: prototypes ``n_classes..K-1`` are background names: pixels they
             win get label -1 (None = all K are classes).

@@ -98,10 +98,11 @@ void resize_bilinear_u8(const std::uint8_t* src, std::size_t H, std::size_t W, s
   const std::size_t row = W * C;
   std::size_t t = threads > 0 ? static_cast<std::size_t>(threads)
                               : std::max(1u, std::thread::hardware_concurrency());
-  // a thread per ~8 M multiply-adds: 720p -> 344x192 (8 M) measured faster on one
-  // thread, 1080p (17 M) on two (2-core Zen 4; a thread start costs ~50-100 us)
+  // a thread per ~2 M multiply-adds: 720p -> 344x192 (8 M) 0.88 -> 0.59 ms on two
+  // threads right after a graph run whose onnxruntime threads sleep (the Segmenter's
+  // default; with spinning ones one thread was faster); a thread start costs ~50 us
   const std::size_t work = h * cy.taps * row + h * w * C * cx.taps;
-  t = std::max<std::size_t>(1, std::min({t, h, work >> 23}));
+  t = std::max<std::size_t>(1, std::min({t, h, work >> 21}));
   auto band = [&](std::size_t yb, std::size_t ye) {
     std::vector<float> acc(row + 1, 0.0f);  // + 1: horizontal_rgb's 4-float loads
     for (std::size_t y = yb; y < ye; ++y) {
