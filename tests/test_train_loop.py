@@ -21,7 +21,7 @@ def _cfg(tmp_path, *extra):
 
 def test_few_steps_end_to_end(tmp_path):
     last = train(_cfg(tmp_path / "a", "--steps=4"))
-    ckpt = torch.load(last, weights_only=False)
+    ckpt = torch.load(last, weights_only=True)
     assert ckpt["step"] == 4 and last.name == "step_0000004.pt"
     rows = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,total") and len(rows) == 5
@@ -32,10 +32,10 @@ def test_few_steps_end_to_end(tmp_path):
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
-    full = torch.load(train(_cfg(tmp_path / "full", "--steps=4")), weights_only=False)
+    full = torch.load(train(_cfg(tmp_path / "full", "--steps=4")), weights_only=True)
     cfg = _cfg(tmp_path / "cut", "--steps=4")
     train(cfg, stop_after=3)  # "killed" after 3 steps (checkpoint at step 3)
-    resumed = torch.load(train(cfg, resume=True), weights_only=False)
+    resumed = torch.load(train(cfg, resume=True), weights_only=True)
     assert resumed["step"] == 4
     for k, v in full["model"].items():
         torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
@@ -54,7 +54,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     cfg = _cfg(tmp_path, "--steps=6")
     train(cfg, stop_after=2)
-    good = torch.load(tmp_path / "step_0000002.pt", weights_only=False)
+    good = torch.load(tmp_path / "step_0000002.pt", weights_only=True)
     real = loop.step_losses
 
     def poisoned(*a, **k):
@@ -66,7 +66,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="loss is nan at step 2.*last good checkpoint"):
         train(cfg, resume=True)
     assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_0000002.pt"]
-    after = torch.load(tmp_path / "step_0000002.pt", weights_only=False)
+    after = torch.load(tmp_path / "step_0000002.pt", weights_only=True)
     for k, v in good["model"].items():
         torch.testing.assert_close(after["model"][k], v, rtol=0, atol=0)
 
@@ -144,8 +144,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert main([*args, f"--out={tmp_path}/one"]) == 0
-    a = torch.load(tmp_path / "one" / "step_0000002.pt", weights_only=False)
-    b = torch.load(tmp_path / "ddp" / "step_0000002.pt", weights_only=False)
+    a = torch.load(tmp_path / "one" / "step_0000002.pt", weights_only=True)
+    b = torch.load(tmp_path / "ddp" / "step_0000002.pt", weights_only=True)
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=1e-4, msg=k)
     torch.testing.assert_close(b["unknown"]["memory"], a["unknown"]["memory"])

@@ -31,6 +31,7 @@ from torch import nn
 from clips4rt import bundle as B
 from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from clips4rt.tokenizer import tokenize
+from train.checkpoint import load as load_checkpoint
 
 OPSET = 17
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "fp16-weights": 5e-3}
@@ -288,9 +289,7 @@ def export_student(
     from train.models.student import UInt8Input, build_student
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)  # weights_only: refuses files that could run code
     if "model_hash" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a clips4rt training checkpoint (python -m train)")
     cfg = TrainConfig(**ckpt["config"])

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from train import augment as A
+from train import checkpoint as C
 from train import distributed as D
 from train.config import TrainConfig
 from train.losses import contrastive_loss, embedding_consistency, semantic_consistency
@@ -178,7 +179,7 @@ def _rng_state(gen: torch.Generator) -> dict:
     return {
         "gen": gen.get_state(),
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": C.numpy_rng_state(),
         "python": random.getstate(),
     }
 
@@ -186,15 +187,13 @@ def _rng_state(gen: torch.Generator) -> dict:
 def _set_rng_state(gen: torch.Generator, s: dict) -> None:
     gen.set_state(s["gen"])
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    C.set_numpy_rng_state(s["numpy"])
     random.setstate(s["python"])
 
 
 def save_checkpoint(path: Path, state: dict, keep: int) -> None:
-    """Write atomically (temp file + rename), then keep the newest ``keep``."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write atomically (temp file, fsync, rename), then keep the newest ``keep``."""
+    C.save(state, path)
     ckpts = sorted(path.parent.glob("step_*.pt"))
     for old in ckpts[:-keep] if keep > 0 else []:
         old.unlink()
@@ -203,6 +202,26 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
 def latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted(out.glob("step_*.pt"))
     return ckpts[-1] if ckpts else None
+
+
+def _load_resume(out: Path) -> tuple[Path, dict]:
+    """The newest readable checkpoint in ``out``: a truncated or corrupt newer one (a
+    crash or full disk while writing) is skipped with a warning; an unsafe one stops."""
+    ckpts = sorted(out.glob("step_*.pt"), reverse=True)
+    if not ckpts:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}; drop --resume to start fresh")
+    for path in ckpts:
+        try:
+            return path, C.load(path)
+        except C.CheckpointError as e:
+            if not e.corrupt:
+                raise
+            warnings.warn(f"--resume: skipping {e}", RuntimeWarning, stacklevel=3)
+    raise C.CheckpointError(
+        f"--resume: no readable checkpoint in {out} ({len(ckpts)} corrupt); drop --resume "
+        "to start fresh",
+        corrupt=True,
+    )
 
 
 # ---------------------------------------------------------------- the loop
@@ -267,12 +286,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     )
     step = 0
     if resume:
-        ckpt_path = latest_checkpoint(out)
-        if ckpt_path is None:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint in {out}; drop --resume to start fresh"
-            )
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt_path, ckpt = _load_resume(out)
         if ckpt["model_hash"] != cfg.model_hash():
             raise ValueError(
                 f"{ckpt_path} was written by another configuration (model fields "

@@ -231,7 +231,12 @@ def pretrain(
     name = config.stem
     model = open_clip.create_model(name).to(device)
     if init is not None:  # continue a teacher (weights only: optimiser and schedule restart)
-        state = torch.load(init, map_location="cpu", weights_only=True)["state_dict"]
+        from train.checkpoint import CheckpointError
+        from train.checkpoint import load as load_checkpoint
+
+        state = load_checkpoint(init, "teacher checkpoint").get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"--init {init}: no state_dict (not a teacher checkpoint)")
         try:
             model.load_state_dict(
                 {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

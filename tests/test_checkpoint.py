@@ -1,0 +1,120 @@
+"""Checkpoints load with weights_only=True: files that would run code are refused, old
+ones convert, a truncated newest one is skipped on --resume."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from train import checkpoint as C  # noqa: E402
+from train.config import load_config  # noqa: E402
+from train.loop import train  # noqa: E402
+
+TINY = ["--toy_pool=12", "--batch=3", "--image_size=64", "--teacher_size=96", "--segments=4",
+        "--log_every=1", "--ckpt_every=1", "--unknown_prototypes=2", "--unknown_refresh=1",
+        "--warmup=2"]  # fmt: skip
+
+
+def _cfg(out, *extra):
+    return load_config("toy", [*TINY, f"--out={out}", *extra])
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _plant(path, marker, **fields):
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": _Payload(marker), **fields}, path)
+
+
+def test_planted_code_never_runs(tmp_path, capsys):
+    from train.export import main as export_main
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    _plant(evil, marker)
+    with pytest.raises(C.CheckpointError, match="refused.*--convert"):
+        C.load(evil)
+    rc = export_main(["--checkpoint", str(evil), "--out", str(tmp_path / "b.onnx")])
+    assert rc != 0 and "refused" in capsys.readouterr().err
+    run = tmp_path / "run"  # --resume over a planted newest checkpoint: refused, no fallback
+    train(_cfg(run, "--steps=1"))
+    _plant(run / "step_0000009.pt", marker)
+    with pytest.raises(C.CheckpointError, match="refused"):
+        train(_cfg(run, "--steps=12"), resume=True)
+    assert not marker.exists()
+    # the same file, unpickled without the guard, does run its code (the test is real)
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+def test_everything_train_writes_loads_weights_only(tmp_path):
+    last = train(_cfg(tmp_path, "--steps=2"))
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["step"] == 2 and isinstance(ckpt["rng"]["numpy"]["keys"], torch.Tensor)
+    assert ckpt["config"]["steps"] == 2 and ckpt["unknown"] is not None
+    np.random.seed(5)
+    state = C.numpy_rng_state()
+    a = np.random.rand(3)
+    C.set_numpy_rng_state(state)
+    np.testing.assert_array_equal(np.random.rand(3), a)
+
+
+def test_old_checkpoints_convert(tmp_path, capsys):
+    run = tmp_path / "run"
+    last = train(_cfg(run, "--steps=2"))
+    old = torch.load(last, weights_only=True)
+    old["rng"]["numpy"] = np.random.get_state()  # as checkpoints before this format
+    torch.save(old, last)
+    with pytest.raises(C.CheckpointError, match="train.checkpoint --convert"):
+        C.load(last)
+    new = tmp_path / "new.pt"
+    assert C.main(["--convert", str(last), str(new)]) == 0
+    assert torch.load(new, weights_only=True)["step"] == 2
+    new.replace(last)
+    resumed = train(_cfg(run, "--steps=3"), resume=True)
+    assert C.load(resumed)["step"] == 3
+    assert C.main(["--convert", str(tmp_path / "missing.pt"), str(new)]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
+    full = C.load(train(_cfg(tmp_path / "full", "--steps=4")))
+    cut = tmp_path / "cut"
+    train(_cfg(cut, "--steps=4"), stop_after=3)
+    newest = cut / "step_0000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. power lost while writing
+    with pytest.raises(C.CheckpointError, match="truncated") as e:
+        C.load(newest)
+    assert e.value.corrupt
+    with pytest.warns(RuntimeWarning, match="skipping .*step_0000003"):
+        resumed = C.load(train(_cfg(cut, "--steps=4"), resume=True))
+    for k, v in full["model"].items():  # resumed from step 2: still the same run
+        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
+    for p in cut.glob("step_*.pt"):
+        p.write_bytes(b"")
+    with pytest.raises(C.CheckpointError, match="no readable checkpoint"):
+        with pytest.warns(RuntimeWarning, match="skipping"):
+            train(_cfg(cut, "--steps=4"), resume=True)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_not_a_checkpoint(tmp_path):
+    p = tmp_path / "list.pt"
+    torch.save([1, 2], p)
+    with pytest.raises(C.CheckpointError, match="not a clips4rt"):
+        C.load(p)
+    with pytest.raises(FileNotFoundError):
+        C.load(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps({"a": 1}) + b"x" * 10)
+    with pytest.raises(C.CheckpointError):
+        C.load(tmp_path / "junk.pt")
