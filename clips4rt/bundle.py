@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,15 +85,103 @@ class BundleInfo:
         if missing:
             raise BundleError(f"{source}: metadata lacks {missing}; re-export the bundle")
         kw = {k: v for k, v in values.items() if k in names}
+        for k, v in kw.items():
+            problem = _check_field(k, v)
+            if problem:
+                raise BundleError(
+                    f"{source}: metadata field {k!r} = {_short(v)} {problem}; the bundle is "
+                    "damaged or was edited by hand: re-export it with `python -m train.export`"
+                )
         for k in ("mean", "std", "prompt_templates", "background_classes", "known_classes"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         info = cls(**kw)
-        if info.kind not in KINDS:
-            raise BundleError(f"{source}: unknown kind {info.kind!r}, expected one of {KINDS}")
-        if info.stride < 1 or info.embed_dim < 1 or info.input_size < info.stride:
-            raise BundleError(f"{source}: bad geometry in metadata ({info})")
+        if info.input_size < info.stride:
+            raise BundleError(
+                f"{source}: input_size {info.input_size} is smaller than the stride "
+                f"{info.stride}; re-export the bundle"
+            )
         return info
+
+
+# Bounds of the metadata the runtime accepts: each value is checked for type and range
+# at load, so that a damaged or hand-edited bundle fails there with a BundleError,
+# not later inside onnxruntime or as NaN scores.
+LIMITS = {
+    "embed_dim": (1, 1 << 16),
+    "stride": (1, 1024),
+    "input_size": (1, 8192),
+    "context_length": (1, 4096),
+    "logit_scale": (1e-3, 1e4),
+    "background_threshold": (0.0, 1.0),
+    "mean": (-10.0, 10.0),
+    "std": (1e-6, 100.0),
+}
+MAX_NAMES = 100_000  # entries of a name / template list
+MAX_NAME_CHARS = 1000
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _number(v, integer: bool) -> bool:
+    if isinstance(v, bool):
+        return False
+    if integer:
+        return isinstance(v, int)
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _names(v, template: bool = False) -> str | None:
+    if not isinstance(v, list) or len(v) > MAX_NAMES:
+        return f"is not a list of at most {MAX_NAMES} strings"
+    for x in v:
+        if not isinstance(x, str) or not 0 < len(x) <= MAX_NAME_CHARS:
+            return f"holds {_short(x)}, not a string of 1..{MAX_NAME_CHARS} characters"
+        if template and x.count("{}") != 1:
+            return f"holds the template {_short(x)} without exactly one '{{}}'"
+    return None
+
+
+def _check_field(k: str, v) -> str | None:
+    """Why metadata value ``v`` of field ``k`` is unacceptable (None = fine)."""
+    if k in ("embed_dim", "stride", "input_size", "context_length", "format_version"):
+        if not _number(v, True):
+            return "is not an integer"
+    if k in ("logit_scale", "background_threshold") and not _number(v, False):
+        return "is not a finite number"
+    if k in LIMITS and k not in ("mean", "std"):
+        lo, hi = LIMITS[k]
+        if not lo <= v <= hi:
+            return f"is outside [{lo}, {hi}]"
+    if k in ("mean", "std"):
+        lo, hi = LIMITS[k]
+        if not (
+            isinstance(v, list) and len(v) == 3 and all(_number(x, False) for x in v)
+        ) or not all(lo <= x <= hi for x in v):
+            return f"is not 3 finite numbers in [{lo}, {hi}]"
+    if k == "kind" and v not in KINDS:
+        return f"is not one of {KINDS}"
+    if k == "text_model":
+        if not isinstance(v, str) or not v or v in (".", "..") or Path(v).name != v:
+            return "is not a plain file name"
+        if "/" in v or "\\" in v or "\0" in v or ":" in v:
+            return "is not a plain file name (the text graph must sit beside the image graph)"
+    if k == "text_model_sha256" and not (
+        isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+    ):
+        return "is not a sha256 hex digest"
+    if k in ("background_classes", "known_classes"):
+        return _names(v)
+    if k == "prompt_templates":
+        return _names(v, template=True) or (None if v else "is empty")
+    if k == "precision" and v not in ("fp32", "fp16", "int8"):
+        return "is not one of fp32, fp16, int8"
+    if k == "provenance" and not isinstance(v, dict):
+        return "is not a JSON object"
+    return None
 
 
 def sha256_file(path: str | Path) -> str:

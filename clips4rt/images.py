@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clips4rt.errors import ImageError
+
+# Largest image (width x height) read or segmented, checked before decoding: PIL's own
+# decompression-bomb limit by default. Raise it for huge scans (``clips4rt.images.
+# MAX_PIXELS = ...``, or ``load_image(..., max_pixels=)``); None = no limit.
+MAX_PIXELS: int | None = Image.MAX_IMAGE_PIXELS
 
 EXPECTED = (
     "an image file path, a PIL image, or a numpy array HxWx3 uint8 RGB "
@@ -59,31 +65,96 @@ def _from_array(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def load_image(image) -> np.ndarray:
+def _check_pixels(w: int, h: int, name: str, max_pixels: int | None) -> None:
+    if w < 1 or h < 1:
+        raise ImageError(f"{name} is empty ({w}x{h} pixels)")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(
+            f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
+            "(a decompression bomb guard). If the image is genuine, raise the limit: "
+            "clips4rt.images.MAX_PIXELS = N, load_image(..., max_pixels=N) or "
+            "Segmenter(..., max_pixels=N)."
+        )
+
+
+# deflate cannot compress more than 1032:1, so a PNG whose IDAT chunks are smaller
+# than its raw pixel rows / 1032 cannot hold them all: PIL would fill the missing
+# rows with zeros without a word
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _png_too_short(path: Path) -> str | None:
+    """Why the PNG at ``path`` cannot hold all of its rows (None = it can)."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        idat = 0
+        w = h = bits = ctype = None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                break
+            n, kind = struct.unpack(">I4s", head)
+            if kind == b"IHDR" and n >= 13:
+                w, h, bits, ctype = struct.unpack(">IIBB", f.read(10))
+                f.seek(n - 10 + 4, 1)
+                continue
+            if kind == b"IDAT":
+                idat += n
+            if kind == b"IEND":
+                break
+            f.seek(n + 4, 1)
+    if w is None or ctype not in _PNG_CHANNELS:
+        return None
+    raw = h * (1 + (w * _PNG_CHANNELS[ctype] * bits + 7) // 8)
+    if idat * 1032 + 1024 < raw:
+        return f"its pixel data ({idat} bytes) cannot hold {w}x{h} pixels ({raw} bytes raw)"
+    return None
+
+
+def load_image(image, max_pixels: int | None | str = "default") -> np.ndarray:
     """Read an image into an HxWx3 uint8 RGB array (EXIF orientation applied).
 
     Accepts a file path (any format PIL reads; grayscale, palette, RGBA/LA,
     16-bit and CMYK are converted), a PIL image, or a numpy uint8 array HxWx3
-    (HxW / HxWx1 = grayscale). Raises ImageError (or FileNotFoundError) otherwise.
+    (HxW / HxWx1 = grayscale). Raises ImageError (or FileNotFoundError) otherwise:
+    also for images over ``max_pixels`` (default :data:`MAX_PIXELS`, PIL's
+    decompression-bomb limit; checked before decoding) and for truncated files.
     """
+    limit = MAX_PIXELS if max_pixels == "default" else max_pixels
     if isinstance(image, np.ndarray):
+        if image.ndim in (2, 3):
+            _check_pixels(image.shape[1], image.shape[0], "numpy image", limit)
         out = _from_array(image)
     elif isinstance(image, Image.Image):
+        _check_pixels(*image.size, "PIL image", limit)
         out = _from_pil(image, "PIL image")
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only
+                _check_pixels(*img.size, str(path), limit)
+                if img.format == "PNG":
+                    why = _png_too_short(path)
+                    if why:
+                        raise ImageError(f"{path}: truncated PNG: {why}")
                 img.load()
                 out = _from_pil(img, str(path))
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as e:  # over twice PIL's own limit
+            raise ImageError(
+                f"{path}: {e} To read it anyway (a genuine image), raise both "
+                "PIL.Image.MAX_IMAGE_PIXELS and clips4rt.images.MAX_PIXELS."
+            ) from None
         except UnidentifiedImageError as e:
             raise ImageError(f"{path}: not an image file PIL can read") from e
-        except (OSError, SyntaxError, ValueError) as e:
-            if isinstance(e, ImageError):
-                raise
-            raise ImageError(f"{path}: cannot decode image ({e}); is it truncated?") from e
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as e:
+            raise ImageError(
+                f"{path}: cannot decode image ({type(e).__name__}: {e}); is it truncated?"
+            ) from e
     else:
         raise ImageError(f"unsupported image type {type(image).__name__}; expected {EXPECTED}")
     if out.shape[0] < 1 or out.shape[1] < 1:

@@ -25,6 +25,34 @@ __all__ = ["SegmentationResult", "Segmenter", "check_classes", "resolve_provider
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
+# Bounds checked before anything is allocated (each error names its bound and fix).
+MAX_CLASSES = 10_000  # class + background names per call
+MAX_NAME_CHARS = B.MAX_NAME_CHARS  # characters of one class name or template
+MAX_TEMPLATES = 1000
+MAX_SIZE = 4096  # the ``size`` option (short side of the graph input)
+MAX_INPUT_PIXELS = 1 << 22  # graph input pixels (2048 x 2048), Segmenter(max_input_pixels=)
+MAX_BATCH = 16  # images per graph run in run_batch (larger groups run in chunks)
+
+
+def _run_graph(sess: ort.InferenceSession, name: str, x: np.ndarray, path: Path) -> np.ndarray:
+    """One graph run; onnxruntime's own exception types become a BundleError that
+    names the bundle (the inputs were checked, so a failure is the graph's)."""
+    try:
+        return sess.run(None, {name: x})[0]
+    except Exception as e:  # onnxruntime raises private pybind types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        raise BundleError(
+            f"{path}: onnxruntime failed on the {'image' if name == B.IMAGE_INPUT else 'text'}"
+            f" graph with input {x.dtype}{list(x.shape)} ({type(e).__name__}: "
+            f"{str(e)[:300]}); the bundle's graphs and metadata disagree or memory ran "
+            "out. Re-export the bundle, or pass a smaller size."
+        ) from e
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
 
 def _memo_key(v):
     """A hashable copy of None or a list/tuple of strings, else Ellipsis (no memo)."""
@@ -63,12 +91,23 @@ def check_classes(classes) -> list[str]:
         ) from None
     if not classes:
         raise ValueError("classes is empty: give at least one class name")
+    if len(classes) > MAX_CLASSES:
+        raise ValueError(
+            f"{len(classes)} class names, over the limit of {MAX_CLASSES} per call "
+            "(clips4rt.segmenter.MAX_CLASSES); split the vocabulary over several calls"
+        )
     for i, c in enumerate(classes):
         if not isinstance(c, str):
             raise TypeError(f"class names must be strings; classes[{i}] is {type(c).__name__}")
         if not c.strip():
             raise ValueError(f"classes[{i}] is an empty name")
-    dupes = sorted({c for c in classes if classes.count(c) > 1})
+        if len(c) > MAX_NAME_CHARS:
+            raise ValueError(
+                f"classes[{i}] has {len(c)} characters, over the limit of {MAX_NAME_CHARS} "
+                "(the text graph reads only its first ~75 tokens anyway)"
+            )
+    seen: set[str] = set()
+    dupes = sorted({c for c in classes if c in seen or seen.add(c)})
     if dupes:
         # Refused rather than merged: labels index into `classes`, so a silent
         # merge would shift every index after the duplicate.
@@ -111,15 +150,37 @@ class Segmenter:
         cache_dir=None,
         post_threads: int | None = None,
         spin: bool = False,
+        max_pixels: int | None | str = "default",
+        max_input_pixels: int = MAX_INPUT_PIXELS,
     ):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         self.providers = resolve_providers(providers)
+        cores = os.cpu_count() or 1
+        if threads is not None and not (
+            isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads
+        ):
+            raise ValueError(f"threads must be None or a positive int, got {threads!r}")
+        if threads is not None and threads > max(4 * cores, 16):
+            raise ValueError(
+                f"threads={threads} is over the limit of {max(4 * cores, 16)} (4x the "
+                f"{cores} cores): each is an OS thread; use threads={cores}"
+            )
         self.threads = threads
+        if not (max_pixels in ("default", None) or _positive_int(max_pixels)):
+            raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+        if not _positive_int(max_input_pixels):
+            raise ValueError(f"max_input_pixels must be a positive int, got {max_input_pixels!r}")
+        self.max_pixels = max_pixels
+        self.max_input_pixels = max_input_pixels
         if post_threads is None:
             post_threads = min(int(threads), os.cpu_count() or 1) if threads else 0
-        if not (isinstance(post_threads, int) and 0 <= post_threads <= 1024):
+        if not (
+            isinstance(post_threads, int)
+            and not isinstance(post_threads, bool)
+            and 0 <= post_threads <= 1024
+        ):
             raise ValueError(f"post_threads must be an int in [0, 1024], got {post_threads!r}")
         self.post_threads = post_threads
         self.spin = bool(spin)
@@ -173,6 +234,31 @@ class Segmenter:
                     f"{name} has inputs {ins} / outputs {outs}; the bundle contract wants "
                     f"{[inp]} / {[out]}. Re-export the bundle."
                 )
+        # fixed dimensions the graphs declare must agree with the metadata
+        checks = (
+            ("image graph output", self._image.get_outputs()[0].shape, 1, self.info.embed_dim,
+             "embed_dim"),
+            ("text graph output", self._text.get_outputs()[0].shape, 1, self.info.embed_dim,
+             "embed_dim"),
+            ("text graph input", self._text.get_inputs()[0].shape, 1, self.info.context_length,
+             "context_length"),
+        )  # fmt: skip
+        for what, shape, axis, want, field in checks:
+            dim = shape[axis] if len(shape) > axis else None
+            if isinstance(dim, int) and dim != want:
+                raise BundleError(
+                    f"{self.path}: the {what} has {dim} along axis {axis} but the metadata "
+                    f"says {field} = {want}; re-export the bundle"
+                )
+        # one text prompt through the graph (ms): its width must be embed_dim
+        probe = _run_graph(
+            self._text, B.TEXT_INPUT, tokenize(["a"], self.info.context_length), self.path
+        )
+        if probe.ndim != 2 or probe.shape[1] != self.info.embed_dim:
+            raise BundleError(
+                f"{self.path}: the text graph gives {list(probe.shape)} embeddings but the "
+                f"metadata says embed_dim = {self.info.embed_dim}; re-export the bundle"
+            )
 
     # ------------------------------------------------------------------ text side
     def text_embeddings(self, classes: Sequence[str], templates=None) -> np.ndarray:
@@ -180,9 +266,17 @@ class Segmenter:
         prompt embeddings over ``templates``. Cached per (class, templates): in
         memory (the 4096 most recent) and in ``cache_dir`` if given."""
         templates = check_templates(templates or self.info.prompt_templates)
-        with self._cache_lock:
-            todo = [c for c in dict.fromkeys(classes) if (c, templates) not in self._cache]
+        if len(templates) > MAX_TEMPLATES or any(len(t) > MAX_NAME_CHARS for t in templates):
+            raise ValueError(
+                f"templates: at most {MAX_TEMPLATES} of at most {MAX_NAME_CHARS} characters each"
+            )
         found = {}
+        with self._cache_lock:  # what is cached now is kept now: another thread may evict it
+            for c in dict.fromkeys(classes):
+                v = self._cache.get((c, templates))
+                if v is not None:
+                    found[c] = v
+            todo = [c for c in dict.fromkeys(classes) if c not in found]
         if self._disk is not None:
             for c in todo:
                 v = self._disk.get(c, templates)
@@ -190,11 +284,11 @@ class Segmenter:
                     found[c] = v
             todo = [c for c in todo if c not in found]
         if todo:
-            prompts = [t.format(c) for c in todo for t in templates]
+            prompts = [t.replace("{}", c) for c in todo for t in templates]
             tokens = tokenize(prompts, self.info.context_length)
             emb = np.concatenate(
                 [
-                    self._text.run(None, {B.TEXT_INPUT: tokens[i : i + 256]})[0]
+                    _run_graph(self._text, B.TEXT_INPUT, tokens[i : i + 256], self.path)
                     for i in range(0, len(tokens), 256)
                 ]
             ).astype(np.float64)
@@ -206,35 +300,48 @@ class Segmenter:
                 if self._disk is not None:
                     self._disk.put(c, templates, e)
         with self._cache_lock:
-            for c, e in found.items():
+            for c, e in found.items():  # (re)inserted as the most recent
                 self._cache[(c, templates)] = e
-            # the classes asked for now are the most recent: never evicted by this call
-            for c in classes:
                 self._cache.move_to_end((c, templates))
-            out = np.stack([self._cache[(c, templates)] for c in classes])
-            while len(self._cache) > max(4096, len(classes)):
+            while len(self._cache) > max(4096, len(found)):
                 self._cache.popitem(last=False)
-        return out
+        return np.stack([found[c] for c in classes])
 
     # ----------------------------------------------------------------- image side
     def working_size(self, h: int, w: int, size: int | None = None) -> tuple[int, int]:
         """(H', W') the graph runs at: short side ~``size``, multiples of the stride,
         long side at most 4x ``size``."""
-        size = int(size or self.info.input_size)
         s = self.info.stride
-        if size < s:
-            raise ValueError(f"size {size} is smaller than the model's stride {s}")
+        if size is None:
+            size = self.info.input_size
+        elif not _positive_int(size):
+            raise ValueError(f"size must be a positive int (pixels) or None, got {size!r}")
+        size = int(size)
+        if not s <= size <= MAX_SIZE:
+            raise ValueError(
+                f"size {size} is outside [{s}, {MAX_SIZE}] (the model's stride .. "
+                "clips4rt.segmenter.MAX_SIZE); None = the bundle's default "
+                f"{self.info.input_size}"
+            )
         if min(h, w) < s:
             raise ImageError(
                 f"image is {w}x{h} pixels, smaller than one {s}x{s} patch of the model"
             )
         scale = size / min(h, w)
         cap = (4 * size // s) * s
-        return tuple(int(min(cap, max(s, round(n * scale / s) * s))) for n in (h, w))
+        hh, ww = (int(min(cap, max(s, round(n * scale / s) * s))) for n in (h, w))
+        if hh * ww > self.max_input_pixels:
+            raise ValueError(
+                f"the graph would run at {ww}x{hh} = {hh * ww} pixels (size={size}), over "
+                f"this Segmenter's limit of {self.max_input_pixels} "
+                "(max_input_pixels): pass a smaller size, or raise "
+                "Segmenter(..., max_input_pixels=) if the model and memory allow it"
+            )
+        return hh, ww
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Run the image graph: (B, H, W, 3) uint8 -> (B, D, H/stride, W/stride) float32."""
-        return self._image.run(None, {B.IMAGE_INPUT: images})[0]
+        return _run_graph(self._image, B.IMAGE_INPUT, images, self.path)
 
     def run(self, image, classes: Sequence[str], **options) -> SegmentationResult:
         """Segment one image by class names.
@@ -256,7 +363,7 @@ class Segmenter:
 
     def _embed_one(self, image, size) -> tuple[np.ndarray, np.ndarray]:
         """(the image as HxWx3 uint8, its (D, h, w) embeddings)."""
-        image = load_image(image)
+        image = load_image(image, self.max_pixels)
         hh, ww = self.working_size(*image.shape[:2], size)
         return image, self.embed(self._resize(image, hh, ww)[None])[0]
 
@@ -272,12 +379,17 @@ class Segmenter:
     ) -> list[SegmentationResult]:
         """Segment several images; images of the same working size share one graph run."""
         classes, threshold, protos = self._prompts(classes, threshold, background, templates)
-        arrays = [load_image(im) for im in images]
+        arrays = [load_image(im, self.max_pixels) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, a in enumerate(arrays):
             groups.setdefault(self.working_size(*a.shape[:2], size), []).append(i)
         results: list[SegmentationResult | None] = [None] * len(arrays)
-        for (hh, ww), idx in groups.items():
+        chunks = [
+            (hw, idx[i : i + MAX_BATCH])
+            for hw, idx in groups.items()
+            for i in range(0, len(idx), MAX_BATCH)
+        ]
+        for (hh, ww), idx in chunks:
             if len(idx) == 1:  # a view, no copy
                 batch = self._resize(arrays[idx[0]], hh, ww)[None]
             else:

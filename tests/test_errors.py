@@ -77,7 +77,7 @@ def test_metadata_not_json_or_incomplete(bundle_copy):
 
 def test_unknown_kind(bundle_copy):
     _edit_metadata(bundle_copy, lambda p: p.update({"clips4rt.kind": json.dumps("magic")}))
-    with pytest.raises(BundleError, match="unknown kind 'magic'"):
+    with pytest.raises(BundleError, match="'kind' = 'magic' is not one of"):
         clips4rt.Segmenter(bundle_copy)
 
 
@@ -152,5 +152,157 @@ def test_bad_templates_and_size(seg):
     img = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match="exactly one"):
         seg.run(img, ["cat"], templates=["no placeholder"])
-    with pytest.raises(ValueError, match="smaller than the model's stride"):
+    with pytest.raises(ValueError, match=r"size 4 is outside \[8, 4096\]"):
         seg.run(img, ["cat"], size=4)
+
+
+# ---------------------------------------------------------------- issue 13: bounds
+def test_size_is_bounded_before_anything_is_allocated(seg):
+    img = np.zeros((32, 32, 3), np.uint8)
+    for bad in (0, -8, 2.5, "64", True):  # size=0 was silently "the default"
+        with pytest.raises(ValueError, match="size must be a positive int|outside"):
+            seg.run(img, ["cat"], size=bad)
+    with pytest.raises(ValueError, match=r"outside \[8, 4096\]"):
+        seg.run(img, ["cat"], size=100000)  # used to allocate until the OOM killer came
+    wide = np.zeros((32, 400, 3), np.uint8)  # 2048 x 8192 graph input at size 2048
+    with pytest.raises(ValueError, match="max_input_pixels"):
+        seg.run(wide, ["cat"], size=2048)
+    for call in (
+        lambda: seg.run_batch([img], ["cat"], size=0),
+        lambda: seg.stream([img], ["cat"], size=10**6),
+    ):
+        with pytest.raises(ValueError, match="size"):
+            call()
+    assert seg.run(img, ["cat"], size=16).labels.shape == (32, 32)
+
+
+def test_class_names_and_templates_are_bounded(seg):
+    img = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="over the limit of 10000"):
+        seg.run(img, [f"c{i}" for i in range(10001)])
+    with pytest.raises(ValueError, match="over the limit of 1000"):
+        seg.run(img, ["x" * 1001])
+    with pytest.raises(ValueError, match="templates: at most"):
+        seg.run(img, ["cat"], templates=["a {} " + "y" * 1000])
+    # other braces in a template are text, not format fields
+    r = seg.run(img, ["cat"], templates=["a {} with {x} and {0}"])
+    assert r.labels.shape == (16, 16)
+
+
+def test_thread_counts_are_bounded(bundles):
+    for bad in (0, -1, 10000, 2.0, True):
+        with pytest.raises(ValueError, match="threads"):
+            clips4rt.Segmenter(bundles["maskclip"], threads=bad)
+
+
+def test_run_batch_splits_large_groups(seg, monkeypatch):
+    sizes = []
+    embed = seg.embed
+    monkeypatch.setattr(seg, "embed", lambda x: sizes.append(len(x)) or embed(x))
+    imgs = [np.full((16, 16, 3), i, np.uint8) for i in range(40)]
+    res = seg.run_batch(imgs, ["cat", "dog"])
+    assert sizes == [16, 16, 8] and len(res) == 40
+
+
+def _png(path, w, h, rows):
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    raw = b"".join(b"\x00" + bytes([200]) * (w * 3) for _ in range(rows))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_decompression_bombs_and_truncated_pngs(seg, tmp_path, monkeypatch):
+    from clips4rt import images
+
+    bomb = _png(tmp_path / "bomb.png", 60000, 60000, 1)  # PIL's own error type before
+    with pytest.raises(ImageError, match="bomb.png.*MAX_IMAGE_PIXELS"):
+        seg.run(bomb, ["cat"])
+    short = _png(tmp_path / "short.png", 1200, 900, 2)  # header 1200x900, 2 rows of data
+    with pytest.raises(ImageError, match="short.png: truncated PNG"):
+        seg.run(short, ["cat"])  # used to decode "successfully" into a blank image
+    full = _png(tmp_path / "full.png", 1200, 900, 900)  # one colour: compresses ~800:1
+    assert images.load_image(full).shape == (900, 1200, 3)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(full.read_bytes()[:-40])  # cut inside the pixel data
+    with pytest.raises(ImageError, match="cut.png"):
+        images.load_image(cut)
+    # the pixel limit: configurable, checked before decoding, for every input kind
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000 * 1000)
+    for im in (full, Image.new("RGB", (1200, 900)), np.zeros((900, 1200, 3), np.uint8)):
+        with pytest.raises(ImageError, match="over the limit of 1000000"):
+            images.load_image(im)
+    assert images.load_image(full, max_pixels=None).shape == (900, 1200, 3)
+    with pytest.raises(ImageError, match="over the limit of 100 "):
+        clips4rt.Segmenter(seg.path, max_pixels=100).run(np.zeros((20, 20, 3), np.uint8), ["a"])
+
+
+@pytest.mark.parametrize(
+    "text_model",
+    ["../maskclip.text.onnx", "/etc/passwd", "sub/maskclip.text.onnx", "..", "", "a\\b", 7],
+)
+def test_text_graph_must_be_a_sibling_file(bundle_copy, text_model):
+    _edit_metadata(bundle_copy, lambda p: p.update({"clips4rt.text_model": json.dumps(text_model)}))
+    with pytest.raises(BundleError, match="text_model.*plain file name"):
+        clips4rt.Segmenter(bundle_copy)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("logit_scale", float("nan")),
+        ("logit_scale", -1.0),
+        ("background_threshold", 5),
+        ("background_classes", "sky"),  # used to be read as letters
+        ("input_size", 1e9),
+        ("embed_dim", "64"),
+        ("stride", 0),
+        ("mean", [0.5, 0.5]),
+        ("std", [0.2, 0.0, 0.2]),
+        ("context_length", 10**9),
+        ("prompt_templates", ["no placeholder"]),
+        ("text_model_sha256", "abc"),
+    ],
+)
+def test_metadata_values_are_checked_at_load(bundle_copy, field, value):
+    _edit_metadata(bundle_copy, lambda p: p.update({f"clips4rt.{field}": json.dumps(value)}))
+    with pytest.raises(BundleError, match=f"'{field}'"):
+        clips4rt.Segmenter(bundle_copy)
+
+
+def test_metadata_must_agree_with_the_graphs(bundle_copy):
+    _edit_metadata(bundle_copy, lambda p: p.update({"clips4rt.embed_dim": "65"}))
+    with pytest.raises(BundleError, match="embed_dim = 65"):
+        clips4rt.Segmenter(bundle_copy)
+
+
+def test_text_cache_is_safe_under_eviction_from_other_threads(bundles):
+    import threading
+
+    seg = clips4rt.Segmenter(bundles["maskclip"], threads=1)
+    errors = []
+
+    def worker(t):
+        try:
+            for i in range(40):
+                names = [f"t{t} c{i} {j}" for j in range(120)] + ["shared"]
+                assert seg.text_embeddings(names).shape[0] == len(names)
+        except Exception as e:  # noqa: BLE001 - any failure fails the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:1]
+    assert len(seg._cache) <= 4096
