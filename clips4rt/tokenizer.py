@@ -5,6 +5,13 @@ text cleanup, whitespace collapse, lower-casing, BPE over UTF-8 bytes, then
 ``<start_of_text> ... <end_of_text>`` padded with zeros to ``context_length``;
 overlong texts are truncated and still end with ``<end_of_text>``.
 
+Known difference: code points that this Python's Unicode database leaves unassigned
+(category Cn; Python 3.11 has Unicode 14) but that the ``regex`` module open_clip
+uses knows as characters of a later Unicode (~7 000 code points with regex 2026.11)
+may tokenize differently. Everything else is id-exact, lone surrogates included
+(they become U+FFFD, as ftfy makes them); tests/test_fuzz.py checks it on random
+Unicode.
+
 Text cleanup follows ftfy's ``fix_text`` defaults except mojibake repair (text
 decoded in the wrong encoding is taken as it is): HTML entities, C1 controls as
 Windows-1252, Latin ligatures, full/half-width forms, curly quotes, line breaks,
@@ -50,6 +57,7 @@ _SQUOTE_RE = re.compile("[\u02bc\u2018-\u201b]")
 _DQUOTE_RE = re.compile("[\u201c-\u201f]")
 _BREAK_RE = re.compile("\r\n|\r|\u2028|\u2029|\u0085")
 _SURROGATE_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 @lru_cache(maxsize=1)
@@ -96,6 +104,7 @@ def _ftfy_lite(text: str) -> str:
         text = _DQUOTE_RE.sub('"', _SQUOTE_RE.sub("'", text))
         text = _BREAK_RE.sub("\n", text)
         text = _SURROGATE_PAIR_RE.sub(_surrogate_pair, text)
+        text = _LONE_SURROGATE_RE.sub("\ufffd", text)  # as ftfy: not encodable
         text = _TERMINAL_RE.sub("", text).translate(_CONTROL)
         text = unicodedata.normalize("NFC", text)
         if text == orig:
@@ -106,7 +115,9 @@ def clean_text(text: str) -> str:
     """open_clip's 'lower' cleaning: ftfy-style fixes, HTML unescape (twice),
     whitespace collapse, lower-case."""
     text = html.unescape(html.unescape(_ftfy_lite(text))).strip()
-    return " ".join(text.split()).lower()
+    # U+0345 case-folds to a letter, so open_clip's case-insensitive pattern matches it
+    # with no alternative: it separates words there without a token, as a space here
+    return " ".join(text.split()).lower().replace("\u0345", " ")
 
 
 # ---------------------------------------------------------------- pre-tokenizer
