@@ -127,8 +127,8 @@ class Segmenter:
             must sit beside it.
         providers: onnxruntime execution providers; None = TensorRT/CUDA if
             available, else CPU.
-        threads: intra-op threads of the CPU provider (None = onnxruntime's
-            default, all cores).
+        threads: intra-op threads of the CPU provider (None or 0 = onnxruntime's
+            default, all cores; at most 4x the cores, each is an OS thread).
         post_threads: at most this many threads for the C++ resize and matching
             (0 = all cores; None = ``threads`` up to the core count, or all
             cores). Small frames use fewer (one per ~0.5 M units of work).
@@ -137,6 +137,11 @@ class Segmenter:
             post-processing threads and a stream's graph worker need right after each
             run (1080p ``run`` 18.3 -> 17.3 ms with 2 post threads on 2 cores, the
             graph itself ~2 % slower; BENCHMARKS.md). Turn it on for a graph-only loop.
+        max_pixels: largest image (width x height) accepted, checked before decoding
+            ("default" = ``clips4rt.images.MAX_PIXELS``, PIL's decompression-bomb
+            limit; None = no limit).
+        max_input_pixels: largest graph input (pixels after the resize to ``size``);
+            default 2048 x 2048. Raise it only if the model and memory allow.
         cache_dir: folder for an on-disk cache of prompt embeddings (keyed by the
             text graph's sha256, the templates and the class name), so that a
             restarted app skips the text graph; None = in memory only.
@@ -159,9 +164,9 @@ class Segmenter:
         self.providers = resolve_providers(providers)
         cores = os.cpu_count() or 1
         if threads is not None and not (
-            isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads
+            isinstance(threads, int) and not isinstance(threads, bool) and 0 <= threads
         ):
-            raise ValueError(f"threads must be None or a positive int, got {threads!r}")
+            raise ValueError(f"threads must be None or an int >= 0, got {threads!r}")
         if threads is not None and threads > max(4 * cores, 16):
             raise ValueError(
                 f"threads={threads} is over the limit of {max(4 * cores, 16)} (4x the "
