@@ -110,6 +110,19 @@ def test_bad_inputs(tmp_path, capsys):
     assert "empty line 2" in capsys.readouterr().err
 
 
+def test_numeric_options_are_checked_before_the_teacher_loads(tmp_path, capsys, monkeypatch):
+    import train.loop
+
+    monkeypatch.setattr(train.loop, "Teacher", lambda *a: pytest.fail("teacher loaded"))
+    for bad, field in (("--steps=0", "steps"), ("--steps=-5", "steps"),
+                       ("--ckpt_every=0", "ckpt_every"), ("--log_every=0", "log_every"),
+                       ("--batch=0", "batch"), ("--lr=nan", "lr"), ("--segments=1", "segments"),
+                       ("--keep=-1", "keep")):  # fmt: skip
+        assert main(["--preset", "toy", *TINY, bad, f"--out={tmp_path}/x"]) == 2, bad
+        assert f"--{field}=" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_image_folder_skips_corrupt_files(tmp_path):
     from PIL import Image
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -147,4 +148,39 @@ def load_config(preset: str | None = None, overrides: list[str] = ()) -> TrainCo
     for key, allowed in CHOICES.items():  # checked here, before a teacher is loaded
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key}={getattr(cfg, key)!r}: choose one of {list(allowed)}")
+    for key, (lo, hi) in RANGES.items():
+        v = getattr(cfg, key)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi):
+            raise ValueError(f"--{key}={v!r}: must be within [{lo}, {hi}]")
     return cfg
+
+
+# Numeric fields and their accepted ranges (checked at parse time: --steps=0 or
+# --log_every=0 used to fail with ZeroDivisionError after the teacher had loaded,
+# --steps=-5 to exit 0 having trained nothing).
+RANGES = {
+    "toy_pool": (1, 10**7),
+    "image_size": (16, 4096),
+    "teacher_size": (16, 4096),
+    "stride": (1, 64),
+    "decoder_width": (1, 8192),
+    "segments": (2, 1024),
+    "concentration": (1e-6, 1e6),
+    "w_contrastive": (0.0, 1e6),
+    "w_embedding": (0.0, 1e6),
+    "w_semantic": (0.0, 1e6),
+    "unknown_prototypes": (0, 4096),
+    "unknown_threshold": (-1.0, 1.0),
+    "unknown_refresh": (1, 10**9),
+    "student_scale": (1e-6, 1e4),
+    "teacher_scale": (1e-6, 1e4),
+    "steps": (1, 10**9),
+    "batch": (1, 10**6),
+    "lr": (0.0, 10.0),
+    "weight_decay": (0.0, 10.0),
+    "warmup": (0, 10**9),
+    "clip_grad": (0.0, 1e9),
+    "log_every": (1, 10**9),
+    "ckpt_every": (1, 10**9),
+    "keep": (0, 10**6),  # 0 = keep every checkpoint
+}
