@@ -48,7 +48,7 @@ def test_planted_code_never_runs(tmp_path, capsys):
     assert rc != 0 and "refused" in capsys.readouterr().err
     run = tmp_path / "run"  # --resume over a planted newest checkpoint: refused, no fallback
     train(_cfg(run, "--steps=1"))
-    _plant(run / "step_0000009.pt", marker)
+    _plant(run / "step_0000001.pt", marker)  # the run's own newest checkpoint, replaced
     with pytest.raises(C.CheckpointError, match="refused"):
         train(_cfg(run, "--steps=12"), resume=True)
     assert not marker.exists()
@@ -118,3 +118,64 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(pickle.dumps({"a": 1}) + b"x" * 10)
     with pytest.raises(C.CheckpointError):
         C.load(tmp_path / "junk.pt")
+
+
+def test_a_new_run_never_mixes_with_another(tmp_path, capsys, monkeypatch):
+    import json
+
+    from train.__main__ import main
+
+    out = tmp_path / "run"
+    first = C.load(train(_cfg(out, "--steps=2", "--keep=1")))
+    run = json.loads((out / "run.json").read_text())
+    assert run == {"run_id": first["run_id"], "checkpoints": ["step_0000002.pt"]}
+    before = sorted(p.name for p in out.iterdir())
+    # a second run without --resume / --overwrite: refused before the teacher loads
+    import train.loop as loop
+
+    real_teacher = loop.Teacher
+    monkeypatch.setattr(loop, "Teacher", lambda *a: pytest.fail("teacher loaded"))
+    args = ["--preset", "toy", *TINY, f"--out={out}", "--steps=3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds another run" in err and "--resume" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    with pytest.raises(SystemExit) as e:  # argparse: one or the other
+        main([*args, "--resume", "--overwrite"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    monkeypatch.setattr(loop, "Teacher", real_teacher)
+    # --overwrite: the old run moves aside whole, the new one starts at step 1
+    new = C.load(train(_cfg(out, "--steps=3", "--keep=2"), overwrite=True))
+    aside = [p for p in out.iterdir() if p.name.startswith("previous-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == [
+        "metrics.csv", "run.json", "step_0000002.pt"]  # fmt: skip
+    assert new["run_id"] != first["run_id"]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    # rotation touches only this run's files: a stray checkpoint stays
+    stray = out / "step_0000001.pt"
+    torch.save({"foreign": 1}, stray)
+    train(_cfg(out, "--steps=5", "--keep=2"), resume=True)
+    assert stray.exists()
+    assert json.loads((out / "run.json").read_text())["checkpoints"] == [
+        "step_0000004.pt", "step_0000005.pt"]  # fmt: skip
+
+
+def test_metrics_rows_are_not_duplicated_after_a_resume(tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(out, "--steps=6", "--ckpt_every=3")
+    train(cfg, stop_after=5)  # "killed" after step 5: checkpoints at 3 and 5
+    (out / "step_0000005.pt").unlink()  # as if the kill came before its checkpoint
+    train(cfg, resume=True)  # replays steps 4 and 5
+    steps = [r.split(",")[0] for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(out, "--steps=2"))
+    other = C.load(out / "step_0000002.pt")
+    other["run_id"] = "someone-else"
+    torch.save(other, out / "step_0000002.pt")
+    with pytest.raises(C.CheckpointError, match="mixes two runs"):
+        train(_cfg(out, "--steps=3"), resume=True)

@@ -1,4 +1,5 @@
-"""``python -m train --preset toy [--key=value ...] [--resume]``: CLIP-S4 training."""
+"""``python -m train --preset toy [--key=value ...] [--resume | --overwrite]``: CLIP-S4
+training."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     p.add_argument("--preset", default="toy", help="train/presets/<name>.json or a JSON path")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out that holds another one (its files move to "
+        "<out>/previous-<time>/)",
+    )
     args, rest = p.parse_known_args(argv)
     try:
         cfg = load_config(args.preset, rest)
@@ -21,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         from train.loop import train
 
         try:
-            last = train(cfg, resume=args.resume)
+            last = train(cfg, resume=args.resume, overwrite=args.overwrite)
         finally:
             distributed.cleanup()
     except (ValueError, FileNotFoundError) as e:

@@ -11,9 +11,12 @@ checkpoints written atomically, ``--resume`` continues bit for bit on the CPU.
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import random
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -191,32 +194,114 @@ def _set_rng_state(gen: torch.Generator, s: dict) -> None:
     random.setstate(s["python"])
 
 
+# A run's folder: step_*.pt checkpoints, metrics.csv and run.json, which names the
+# run (a random id, also stored in each checkpoint) and lists its checkpoints. Rotation
+# and --resume touch only the files listed there; a new run into a folder that holds
+# another one is refused unless --overwrite moves the old files aside.
+RUN_FILE = "run.json"
+
+
+def _run_state(out: Path) -> dict | None:
+    try:
+        state = json.loads((out / RUN_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise C.CheckpointError(f"{out / RUN_FILE} is unreadable ({e}); fix or remove it") from None
+    if not (isinstance(state.get("run_id"), str) and isinstance(state.get("checkpoints"), list)):
+        raise C.CheckpointError(f"{out / RUN_FILE} is not a clips4rt run file")
+    return state
+
+
+def _write_run_state(out: Path, state: dict) -> None:
+    tmp = out / (RUN_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / RUN_FILE)
+
+
+def _run_files(out: Path) -> list[Path]:
+    names = ("metrics.csv", RUN_FILE)
+    return sorted(p for p in out.glob("*") if p.name in names or p.match("step_*.pt"))
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool, main: bool) -> None:
+    """Refuse to start a new run over another run's files, or move them aside."""
+    if resume or not out.exists():
+        return
+    old = _run_files(out)
+    if not old:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"--out {out} holds another run ({len(old)} files: "
+            f"{', '.join(p.name for p in old[:4])}{', ...' if len(old) > 4 else ''}): continue "
+            "it with --resume, start over with --overwrite (the old files move to "
+            f"{out}/previous-<time>/), or choose another --out"
+        )
+    if main:
+        aside = out / time.strftime("previous-%Y%m%d-%H%M%S")
+        n = 0
+        while aside.exists():
+            n += 1
+            aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
+        aside.mkdir()
+        for p in old:
+            os.replace(p, aside / p.name)
+
+
 def save_checkpoint(path: Path, state: dict, keep: int) -> None:
-    """Write atomically (temp file, fsync, rename), then keep the newest ``keep``."""
+    """Write atomically (temp file, fsync, rename), list it in run.json, then keep the
+    newest ``keep`` of this run's checkpoints (0 = all); other files are not touched."""
     C.save(state, path)
-    ckpts = sorted(path.parent.glob("step_*.pt"))
-    for old in ckpts[:-keep] if keep > 0 else []:
-        old.unlink()
+    out = path.parent
+    run = _run_state(out) or {"run_id": state["run_id"], "checkpoints": []}
+    names = [n for n in run["checkpoints"] if n != path.name] + [path.name]
+    names.sort()
+    drop = names[:-keep] if keep > 0 else []
+    run["checkpoints"] = [n for n in names if n not in drop]
+    _write_run_state(out, run)
+    for name in drop:
+        (out / name).unlink(missing_ok=True)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted(out.glob("step_*.pt"))
+    run = _run_state(out)
+    ckpts = (
+        [out / n for n in run["checkpoints"] if (out / n).exists()]
+        if run
+        else sorted(out.glob("step_*.pt"))
+    )
     return ckpts[-1] if ckpts else None
 
 
 def _load_resume(out: Path) -> tuple[Path, dict]:
-    """The newest readable checkpoint in ``out``: a truncated or corrupt newer one (a
-    crash or full disk while writing) is skipped with a warning; an unsafe one stops."""
-    ckpts = sorted(out.glob("step_*.pt"), reverse=True)
+    """The newest readable checkpoint of the run in ``out``: a truncated or corrupt
+    newer one (a crash or full disk while writing) is skipped with a warning; an unsafe
+    one, or one of another run, stops."""
+    run = _run_state(out)
+    if run is None:  # a folder written before run.json existed
+        ckpts = sorted(out.glob("step_*.pt"), reverse=True)
+    else:
+        ckpts = [out / n for n in reversed(run["checkpoints"]) if (out / n).exists()]
     if not ckpts:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}; drop --resume to start fresh")
     for path in ckpts:
         try:
-            return path, C.load(path)
+            ckpt = C.load(path)
         except C.CheckpointError as e:
             if not e.corrupt:
                 raise
             warnings.warn(f"--resume: skipping {e}", RuntimeWarning, stacklevel=3)
+            continue
+        if run is not None and ckpt.get("run_id") not in (None, run["run_id"]):
+            raise C.CheckpointError(
+                f"--resume: {path} belongs to run {ckpt.get('run_id')}, but {out / RUN_FILE} "
+                f"is run {run['run_id']}: the folder mixes two runs; move one away"
+            )
+        return path, ckpt
     raise C.CheckpointError(
         f"--resume: no readable checkpoint in {out} ({len(ckpts)} corrupt); drop --resume "
         "to start fresh",
@@ -224,11 +309,34 @@ def _load_resume(out: Path) -> tuple[Path, dict]:
     )
 
 
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metrics rows after ``step`` (steps replayed after a resume are logged again)."""
+    if not path.exists():
+        return
+    rows = path.read_text().splitlines(keepends=True)
+    keep = rows[:1] + [
+        r for r in rows[1:] if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step
+    ]
+    if len(keep) != len(rows):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+
+
 # ---------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Run (or continue) a training; returns the last checkpoint's path.
 
+    ``resume``: continue the run in ``cfg.out``; ``overwrite``: start a new run there,
+    moving another run's files aside (without either, such files are an error).
     ``stop_after``: return after this many steps of this call (tests simulate a kill)."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite starts over: pick one")
     from tqdm import tqdm
 
     from train.data import make_source
@@ -243,6 +351,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     np.random.seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
+    prepare_out(out, resume, overwrite, rank == 0)  # before the teacher loads
+    D.barrier()
     out.mkdir(parents=True, exist_ok=True)
     teacher = Teacher(cfg, device)
     student = build_student(
@@ -300,10 +410,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             unknown.load_state_dict(ckpt["unknown"])
         _set_rng_state(gen, ckpt["rng"])
         step = ckpt["step"]
+        run_id = ckpt.get("run_id") or uuid.uuid4().hex[:16]
+    else:
+        run_id = uuid.uuid4().hex[:16]
     main = rank == 0  # only rank 0 writes
     log = None
     if main:
         log_path = out / "metrics.csv"
+        _trim_metrics(log_path, step)
         new_log = not log_path.exists() or step == 0
         log = open(log_path, "w" if new_log else "a", newline="")
         writer = csv.writer(log)
@@ -362,6 +476,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                             "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(),
                             "step": step,
+                            "run_id": run_id,
                             "rng": _rng_state(gen),
                             "unknown": unknown.state_dict() if unknown is not None else None,
                             "config": cfg.to_dict(),
