@@ -86,7 +86,7 @@ class BundleInfo:
             raise BundleError(f"{source}: metadata lacks {missing}; re-export the bundle")
         kw = {k: v for k, v in values.items() if k in names}
         for k, v in kw.items():
-            problem = _check_field(k, v)
+            problem = check_field(k, v)
             if problem:
                 raise BundleError(
                     f"{source}: metadata field {k!r} = {_short(v)} {problem}; the bundle is "
@@ -145,7 +145,7 @@ def _names(v, template: bool = False) -> str | None:
     return None
 
 
-def _check_field(k: str, v) -> str | None:
+def check_field(k: str, v) -> str | None:
     """Why metadata value ``v`` of field ``k`` is unacceptable (None = fine)."""
     if k in ("embed_dim", "stride", "input_size", "context_length", "format_version"):
         if not _number(v, True):

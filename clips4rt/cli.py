@@ -10,10 +10,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from clips4rt.errors import BundleError, ImageError, VideoError
+
+
+def _save(img, path: Path) -> None:
+    """Save a PIL image atomically: a hidden temporary name in the same folder, then a
+    rename; on any error nothing (no 0-byte or partial file) is left at either name."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        img.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _split(text: str) -> list[str]:
@@ -44,8 +57,8 @@ def _segment(args) -> int:
             failed += 1
             continue
         stem = Path(image).stem
-        label_png(r.labels, len(classes)).save(out / f"{stem}_labels.png")
-        r.overlay().save(out / f"{stem}_overlay.png")
+        _save(label_png(r.labels, len(classes)), out / f"{stem}_labels.png")
+        _save(r.overlay(), out / f"{stem}_overlay.png")
         total = r.labels.size
         found = ", ".join(
             f"{c} {100 * (r.labels == k).sum() / total:.1f}%"
@@ -118,7 +131,7 @@ def _demo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "demo_overlay.png"
-    r.overlay(scale=max(1, 512 // max(r.labels.shape))).save(path)
+    _save(r.overlay(scale=max(1, 512 // max(r.labels.shape))), path)
     total = r.labels.size
     found = sorted(((int((r.labels == k).sum()), c) for k, c in enumerate(classes)), reverse=True)
     print(
@@ -188,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ImageError, VideoError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output side: --out a file, no permission, disk full, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

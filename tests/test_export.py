@@ -178,6 +178,10 @@ def test_cli_errors(tmp_path, tiny_config, capsys):
         == 1
     )
     assert "checkpoint not found" in capsys.readouterr().err
+    for thr in ("5", "nan", "-0.5"):  # used to write a bundle that failed on every run
+        assert main(["--model-config", str(tiny_config), "--threshold", thr, "-o", out]) != 0
+        assert "'background_threshold'" in capsys.readouterr().err
+        assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_export_end_to_end(tmp_path, tiny_config, capsys):

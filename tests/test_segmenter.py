@@ -1,6 +1,7 @@
 """Segmenter end to end on tiny bundles and image files of every supported mode."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,36 @@ def test_thread_options(bundles, rng):
     for bad in (-1, 1.5, "2", 5000):
         with pytest.raises(ValueError, match="post_threads"):
             clips4rt.Segmenter(bundles["maskclip"], post_threads=bad)
+
+
+def test_cli_output_errors_are_one_line_and_leave_nothing(
+    bundles, tmp_path, rng, capsys, monkeypatch
+):
+    from clips4rt.cli import main
+
+    Image.fromarray(_rgb(rng)).save(tmp_path / "a.png")
+    args = ["segment", str(tmp_path / "a.png"), "--model", str(bundles["maskclip"])]
+    args += ["--classes", "cat,dog"]
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):  # --out is / is under a file
+        assert main([*args, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot write") and str(tmp_path / "file") in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    out = tmp_path / "full"
+    calls = []
+
+    def disk_full(self, fp, *a, **k):  # the second image fails half-way, as on ENOSPC
+        calls.append(fp)
+        Path(fp).write_bytes(b"\x89PNG partial")
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    assert main([*args, "--out", str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    # the labels PNG landed complete under its name; the overlay left nothing behind
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.png"]
 
 
 def test_cli_segment_and_info(bundles, tmp_path, rng, capsys):

@@ -20,6 +20,7 @@ the toy student), hence 5e-3 = 10u.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -164,6 +165,12 @@ def export_bundle(
     if fp16 and fp16_weights:
         raise ValueError("choose one of fp16 (float16 compute) and fp16_weights (storage)")
     precision = "fp16" if fp16 else "fp32"
+    # the runtime's load-time checks, before anything is written (--threshold 5 or nan
+    # used to produce a bundle that failed on every run)
+    for k, v in info.items():
+        problem = B.check_field(k, json.loads(json.dumps(v)))
+        if problem:
+            raise ValueError(f"bundle field {k!r} = {v!r} {problem}")
     if fp16:
         import copy
 
