@@ -22,20 +22,40 @@ EXPECTED = (
 )
 
 
+# The file formats read (Pillow names). Others (EPS hands the file to Ghostscript,
+# PDF, ...) are refused: a file from elsewhere must not pick the decoder that runs.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "TGA")  # JPEG opens MPO too
+
+
+def _scale_gray(a: np.ndarray, name: str, depth16: bool) -> np.ndarray:
+    """Integer or float grayscale to uint8 HxWx3, by the rule in load_image's docstring."""
+    if not np.isfinite(a).all():
+        raise ImageError(f"{name}: float image with NaN or infinite pixels")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if depth16:  # a 16-bit container: its full range
+        a = a / 257.0
+    elif lo >= 0 and hi <= 1.0 and a.dtype.kind == "f":
+        a = a * 255.0
+    elif lo >= 0 and hi <= 255:
+        pass
+    elif lo >= 0 and hi <= 65535:
+        a = a / 257.0
+    else:  # any other range: its own minimum .. maximum
+        a = (a - lo) * (255.0 / (hi - lo))
+    a = np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)
+    return np.repeat(a[:, :, None], 3, axis=2)
+
+
 def _from_pil(img: Image.Image, name: str) -> np.ndarray:
     img = ImageOps.exif_transpose(img)
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit (or 32-bit integer) grayscale: keep the top 8 of 16 bits
-        a = np.asarray(img, dtype=np.float64)
-        a = np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(a[:, :, None], 3, axis=2)
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        hi = 1.0 if np.nanmax(a, initial=0.0) <= 1.0 else 255.0
-        a = np.clip(np.nan_to_num(a) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(a[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return _scale_gray(np.asarray(img, dtype=np.float64), name, depth16=True)
+    if mode in ("I", "F"):
+        return _scale_gray(np.asarray(img, dtype=np.float64), name, depth16=False)
+    if mode == "La":  # premultiplied alpha: Pillow converts it only through LA
+        img, mode = img.convert("LA"), "LA"
+    if mode in ("RGBA", "LA", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
         # composite transparency over white, as viewers show it
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -43,6 +63,15 @@ def _from_pil(img: Image.Image, name: str) -> np.ndarray:
     if mode in ("1", "L", "P", "RGB", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return np.asarray(img.convert("RGB"))
     raise ImageError(f"{name}: unsupported PIL mode {mode!r}; expected {EXPECTED}")
+
+
+def _pil_checked(img: Image.Image, name: str) -> np.ndarray:
+    try:
+        return _from_pil(img, name)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        raise ImageError(f"{name}: cannot convert ({type(e).__name__}: {e})") from e
 
 
 def _from_array(a: np.ndarray) -> np.ndarray:
@@ -120,6 +149,12 @@ def load_image(image, max_pixels: int | None | str = "default") -> np.ndarray:
     (HxW / HxWx1 = grayscale). Raises ImageError (or FileNotFoundError) otherwise:
     also for images over ``max_pixels`` (default :data:`MAX_PIXELS`, PIL's
     decompression-bomb limit; checked before decoding) and for truncated files.
+
+    Formats: :data:`FORMATS` (PNG, JPEG/MPO, WebP, BMP, GIF, TIFF, PPM/PGM, TGA).
+    Grayscale of more than 8 bits becomes 8-bit by its range: 16-bit modes by
+    their full range (/257); 32-bit integer and float images by the range their
+    values use: [0, 1] floats x255, [0, 255] as is, [0, 65535] /257, anything else
+    its own min..max; NaN or infinite pixels are an ImageError.
     """
     limit = MAX_PIXELS if max_pixels == "default" else max_pixels
     if isinstance(image, np.ndarray):
@@ -128,20 +163,20 @@ def load_image(image, max_pixels: int | None | str = "default") -> np.ndarray:
         out = _from_array(image)
     elif isinstance(image, Image.Image):
         _check_pixels(*image.size, "PIL image", limit)
-        out = _from_pil(image, "PIL image")
+        out = _pil_checked(image, "PIL image")
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         try:
-            with Image.open(path) as img:  # reads the header only
+            with Image.open(path, formats=FORMATS) as img:  # reads the header only
                 _check_pixels(*img.size, str(path), limit)
                 if img.format == "PNG":
                     why = _png_too_short(path)
                     if why:
                         raise ImageError(f"{path}: truncated PNG: {why}")
                 img.load()
-                out = _from_pil(img, str(path))
+                out = _pil_checked(img, str(path))
         except ImageError:
             raise
         except Image.DecompressionBombError as e:  # over twice PIL's own limit
@@ -150,7 +185,9 @@ def load_image(image, max_pixels: int | None | str = "default") -> np.ndarray:
                 "PIL.Image.MAX_IMAGE_PIXELS and clips4rt.images.MAX_PIXELS."
             ) from None
         except UnidentifiedImageError as e:
-            raise ImageError(f"{path}: not an image file PIL can read") from e
+            raise ImageError(
+                f"{path}: not an image file of a supported format ({', '.join(FORMATS)})"
+            ) from e
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as e:
             raise ImageError(
                 f"{path}: cannot decode image ({type(e).__name__}: {e}); is it truncated?"

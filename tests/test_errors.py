@@ -306,3 +306,35 @@ def test_text_cache_is_safe_under_eviction_from_other_threads(bundles):
         th.join()
     assert not errors, errors[:1]
     assert len(seg._cache) <= 4096
+
+
+def test_image_formats_and_modes(tmp_path):
+    from clips4rt import images
+
+    eps = tmp_path / "x.eps"  # EPS would hand the file to Ghostscript: not a format we open
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    with pytest.raises(ImageError, match="x.eps: not an image file of a supported format"):
+        images.load_image(eps)
+    eight = np.arange(0, 240, 10, dtype=np.int32).reshape(4, 6)  # mode I holding 8-bit
+    out = images.load_image(Image.fromarray(eight, "I"))
+    np.testing.assert_array_equal(out[..., 0], eight)  # used to come out ~black (/257)
+    sixteen = (eight * 257).astype(np.uint16)
+    np.testing.assert_array_equal(images.load_image(Image.fromarray(sixteen))[..., 1], eight)
+    wide = np.array([[-1000, 0], [500, 3000]], np.int32)  # no known range: its own
+    np.testing.assert_array_equal(
+        images.load_image(Image.fromarray(wide, "I"))[..., 2], [[0, 64], [96, 255]]
+    )
+    unit = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
+    np.testing.assert_array_equal(
+        images.load_image(Image.fromarray(unit, "F"))[..., 0], [[0, 128], [255, 64]]
+    )
+    for bad in (np.inf, np.nan):  # a float image with one +inf used to come out black
+        f = unit.copy()
+        f[0, 0] = bad
+        with pytest.raises(ImageError, match="NaN or infinite"):
+            images.load_image(Image.fromarray(f, "F"))
+    la = Image.new("La", (5, 4), (100, 255))  # premultiplied: Pillow's raw ValueError before
+    assert images.load_image(la).shape == (4, 5, 3)
+    tif = tmp_path / "f.tif"
+    Image.fromarray(unit * 255, "F").save(tif)
+    assert images.load_image(tif).shape == (2, 2, 3)
