@@ -18,7 +18,7 @@ from clips4rt.prompts import check_templates
 from clips4rt.result import SegmentationResult
 from clips4rt.stream import pipelined
 from clips4rt.textcache import TextCache
-from clips4rt.tokenizer import tokenize
+from clips4rt.tokenizer import clean_text, tokenize
 from kernels.cpu import match_upsample, resize_rgb
 
 __all__ = ["SegmentationResult", "Segmenter", "check_classes", "resolve_providers"]
@@ -101,6 +101,13 @@ def check_classes(classes) -> list[str]:
             raise TypeError(f"class names must be strings; classes[{i}] is {type(c).__name__}")
         if not c.strip():
             raise ValueError(f"classes[{i}] is an empty name")
+        if any("\ud800" <= ch <= "\udfff" for ch in c):
+            raise ValueError(
+                f"classes[{i}] = {c!r} holds a lone surrogate (text decoded with "
+                "errors='surrogateescape'?); decode it as UTF-8 first"
+            )
+        if not clean_text(c):
+            raise ValueError(f"classes[{i}] = {c!r} has no printable characters")
         if len(c) > MAX_NAME_CHARS:
             raise ValueError(
                 f"classes[{i}] has {len(c)} characters, over the limit of {MAX_NAME_CHARS} "
@@ -255,6 +262,21 @@ class Segmenter:
                     f"{self.path}: the {what} has {dim} along axis {axis} but the metadata "
                     f"says {field} = {want}; re-export the bundle"
                 )
+        if self._image.get_inputs()[0].type != "tensor(uint8)":
+            raise BundleError(
+                f"{self.path}: the image graph takes {self._image.get_inputs()[0].type}, the "
+                "bundle contract uint8 RGB; re-export the bundle"
+            )
+        # one 4x4-token image through the graph (ms): the grid must follow the stride
+        s = self.info.stride
+        grid = _run_graph(self._image, B.IMAGE_INPUT, np.zeros((1, 4 * s, 4 * s, 3), np.uint8),
+                          self.path)  # fmt: skip
+        if grid.shape != (1, self.info.embed_dim, 4, 4):
+            raise BundleError(
+                f"{self.path}: a {4 * s}x{4 * s} image gives embeddings {list(grid.shape)}, but "
+                f"the metadata says stride {s}, embed_dim {self.info.embed_dim} (expected "
+                f"[1, {self.info.embed_dim}, 4, 4]); re-export the bundle"
+            )
         # one text prompt through the graph (ms): its width must be embed_dim
         probe = _run_graph(
             self._text, B.TEXT_INPUT, tokenize(["a"], self.info.context_length), self.path

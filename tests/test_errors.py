@@ -182,6 +182,10 @@ def test_class_names_and_templates_are_bounded(seg):
         seg.run(img, [f"c{i}" for i in range(10001)])
     with pytest.raises(ValueError, match="over the limit of 1000"):
         seg.run(img, ["x" * 1001])
+    with pytest.raises(ValueError, match="lone surrogate"):
+        seg.run(img, ["cat\udc80"])  # used to raise UnicodeEncodeError
+    with pytest.raises(ValueError, match="no printable characters"):
+        seg.run(img, ["\x00\x01\x7f"])
     with pytest.raises(ValueError, match="templates: at most"):
         seg.run(img, ["cat"], templates=["a {} " + "y" * 1000])
     # other braces in a template are text, not format fields
@@ -281,7 +285,17 @@ def test_metadata_values_are_checked_at_load(bundle_copy, field, value):
 
 def test_metadata_must_agree_with_the_graphs(bundle_copy):
     _edit_metadata(bundle_copy, lambda p: p.update({"clips4rt.embed_dim": "65"}))
-    with pytest.raises(BundleError, match="embed_dim = 65"):
+    with pytest.raises(BundleError, match="embed_dim.? 65"):
+        clips4rt.Segmenter(bundle_copy)
+
+
+def test_metadata_stride_must_match_the_graph(bundle_copy):
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(bundle_copy)).metadata_props}
+    stride = json.loads(props["clips4rt.stride"])
+    _edit_metadata(bundle_copy, lambda p: p.update({"clips4rt.stride": json.dumps(stride // 2)}))
+    with pytest.raises(BundleError, match=f"stride {stride // 2}"):
         clips4rt.Segmenter(bundle_copy)
 
 
