@@ -173,10 +173,12 @@ def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(toyworld, "make_scene", spy)  # seen in-process (--workers 0)
     args = ["--steps", "3", "--batch", "4", "--pool", "8", "--refresh", "5", "--crop-prob", "0.5"]
-    args += ["--heldout", "40"]
+    args += ["--heldout", "40", "--measure-every", "2"]
     for workers in ("0", "2"):
         out = tmp_path / workers
         assert pretrain_teacher.main([*args, "--out", str(out), "--workers", workers]) == 0
+        mid = torch.load(out / "toy-teacher.step2.pt", weights_only=True)["state_dict"]
+        assert mid.keys() == torch.load(out / "toy-teacher.pt")["state_dict"].keys()
         report = json.loads((out / "toy-teacher.report.json").read_text())
         assert report["refresh"] == 5 and report["scenes_seen"] == 8 + 5 * 2
         assert 0.0 <= report["things_map"] <= 1.0

@@ -207,6 +207,17 @@ def measure(model, tokenizer, size: int, heldout=None) -> dict:
     }
 
 
+def _save_teacher(model, config: Path, out: Path, name: str, file: str) -> None:
+    """open_clip state dict in float16 (small), written atomically, + its config JSON."""
+    from train.checkpoint import save
+
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    save({"state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, out / file)
+    if config.resolve() != (out / f"{name}.json").resolve():
+        shutil.copy(config, out / f"{name}.json")
+
+
 def pretrain(
     config: Path,
     out: Path,
@@ -324,15 +335,14 @@ def pretrain(
             )
         if measure_every and (step + 1) % measure_every == 0 and step + 1 < steps:
             print(f"step {step + 1:5d}  {json.dumps(measure(model, tokenizer, size, heldout))}")
+            # a checkpoint at every report: a long run stopped early (a session's end)
+            # continues from it with --init
+            _save_teacher(model, config, out, name, f"{name}.step{step + 1}.pt")
     if procs:
         procs.terminate()
     minutes = round((time.time() - t0) / 60, 1)
     held = measure(model, tokenizer, size, heldout)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    torch.save({"state_dict": {k: v.cpu() for k, v in sd.items()}}, out / f"{name}.pt")
-    if config.resolve() != (out / f"{name}.json").resolve():
-        shutil.copy(config, out / f"{name}.json")
+    _save_teacher(model, config, out, name, f"{name}.pt")
     report = {
         "steps": steps,
         "batch": batch,
