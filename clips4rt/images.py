@@ -41,7 +41,7 @@ def _scale_gray(a: np.ndarray, name: str, depth16: bool) -> np.ndarray:
     elif lo >= 0 and hi <= 65535:
         a = a / 257.0
     else:  # any other range: its own minimum .. maximum
-        a = (a - lo) * (255.0 / (hi - lo))
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
     a = np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)
     return np.repeat(a[:, :, None], 3, axis=2)
 

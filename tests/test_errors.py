@@ -338,6 +338,8 @@ def test_image_formats_and_modes(tmp_path):
     np.testing.assert_array_equal(
         images.load_image(Image.fromarray(wide, "I"))[..., 2], [[0, 64], [96, 255]]
     )
+    flat = np.full((2, 3), -7, np.int32)  # one value outside every known range
+    assert (images.load_image(Image.fromarray(flat, "I")) == 0).all()
     unit = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
     np.testing.assert_array_equal(
         images.load_image(Image.fromarray(unit, "F"))[..., 0], [[0, 128], [255, 64]]
