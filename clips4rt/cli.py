@@ -33,6 +33,61 @@ def _split(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+                  ".pgm", ".tga", ".mpo")  # fmt: skip
+
+
+def _expand(items: list[str]) -> list[tuple[Path, Path]]:
+    """(image path, output stem) for each input: a folder gives its image files (all
+    levels below), a quoted glob its matches. Output stems mirror each file's path
+    relative to the inputs' common folder, so a/x.png and b/x.png never collide."""
+    import glob
+
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                print(f"skipped {p}: no image files in this folder", file=sys.stderr)
+            files += found
+        elif not p.exists() and glob.has_magic(item):
+            files += sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+        else:
+            files.append(p)
+    files = list(dict.fromkeys(files))
+    parents = [f.resolve().parent for f in files]
+    root = Path(os.path.commonpath(parents)) if parents else Path(".")
+    return [(f, f.resolve().parent.relative_to(root) / f.stem) for f in files]
+
+
+def _options(args) -> dict:
+    options = {}
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    if args.background is not None:
+        options["background"] = _split(args.background)
+    if args.size is not None:
+        options["size"] = args.size
+    if args.templates is not None:
+        from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+
+        named = {"imagenet": IMAGENET_TEMPLATES, "simple": SIMPLE_TEMPLATES}
+        if args.templates in named:
+            options["templates"] = list(named[args.templates])
+        else:
+            path = Path(args.templates)
+            if not path.is_file():
+                raise ValueError(
+                    f"--templates {args.templates!r}: give imagenet, simple, or a text file "
+                    "with one template a line, each holding one '{}'"
+                )
+            options["templates"] = [t for t in path.read_text().splitlines() if t.strip()]
+    return options
+
+
 def _segment(args) -> int:
     from clips4rt.segmenter import Segmenter
     from clips4rt.visualize import label_png
@@ -40,23 +95,25 @@ def _segment(args) -> int:
     classes = _split(args.classes)
     if not classes:
         raise ValueError('--classes is empty: give names like --classes "cat,dog"')
-    seg = Segmenter(args.model, threads=args.threads)
+    seg = Segmenter(args.model or _embedded_model(), threads=args.threads)
+    options = _options(args)
+    seg._prompts(classes, **{k: v for k, v in options.items() if k != "size"})  # checks now
+    if "size" in options:
+        seg.working_size(seg.info.stride, seg.info.stride, options["size"])
+    inputs = _expand(args.images)
+    if not inputs:
+        raise FileNotFoundError(f"no image files in {args.images}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    options = {}
-    if args.threshold is not None:
-        options["threshold"] = args.threshold
-    if args.background is not None:
-        options["background"] = _split(args.background)
     failed = 0
-    for image in args.images:
+    for image, stem in inputs:
         try:
             r = seg.run(image, classes, **options)
         except (ImageError, FileNotFoundError) as e:
             print(f"skipped {image}: {e}", file=sys.stderr)
             failed += 1
             continue
-        stem = Path(image).stem
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
         _save(label_png(r.labels, len(classes)), out / f"{stem}_labels.png")
         _save(r.overlay(), out / f"{stem}_overlay.png")
         total = r.labels.size
@@ -65,17 +122,14 @@ def _segment(args) -> int:
             for k, c in enumerate(classes)
             if (r.labels == k).any()
         )
-        print(f"{image}: {found or 'background only'} -> {out / (stem + '_overlay.png')}")
+        print(f"{image}: {found or 'background only'} -> {out / f'{stem}_overlay.png'}")
     return 1 if failed else 0
 
 
 def _embedded_model() -> Path:
-    from importlib import resources
+    from clips4rt.segmenter import default_model
 
-    model = Path(str(resources.files("clips4rt") / "models" / "toy.onnx"))
-    if not model.is_file():
-        raise FileNotFoundError(f"the embedded model {model} is missing: reinstall clips4rt")
-    return model
+    return default_model()
 
 
 def _video(args) -> int:
@@ -88,11 +142,7 @@ def _video(args) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
     seg = Segmenter(args.model or _embedded_model(), threads=args.threads)
-    options = {}
-    if args.threshold is not None:
-        options["threshold"] = args.threshold
-    if args.background is not None:
-        options["background"] = _split(args.background)
+    options = _options(args)
     summary = segment_video(
         seg,
         args.input,
@@ -151,24 +201,33 @@ def _demo(args) -> int:
 def _info(args) -> int:
     from clips4rt.segmenter import Segmenter
 
-    seg = Segmenter(args.model)
+    seg = Segmenter(args.model or _embedded_model())
     info = dataclasses.asdict(seg.info)
     info["prompt_templates"] = f"{len(seg.info.prompt_templates)} templates"
     print(json.dumps(info, indent=2))
     return 0
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, help="short side the graph runs at (default: bundle's)")
+    p.add_argument("--templates", help="prompt templates: imagenet, simple, or a file (one a line)")
+
+
 def _parser() -> argparse.ArgumentParser:
+    from clips4rt import __version__
+
     p = argparse.ArgumentParser(prog="clips4rt", description="open-vocabulary segmentation")
+    p.add_argument("--version", action="version", version=f"clips4rt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("segment", help="segment images by class names")
-    s.add_argument("images", nargs="+", help="image files")
-    s.add_argument("--model", required=True, help="bundle image graph (model.onnx)")
+    s.add_argument("images", nargs="+", help="image files, folders or quoted globs")
+    s.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
     s.add_argument("--classes", required=True, help='comma-separated names, "cat,dog"')
     s.add_argument("--out", default="clips4rt_out", help="output folder")
     s.add_argument("--threshold", type=float, help="background probability threshold")
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
+    _common(s)
     s.set_defaults(fn=_segment)
     v = sub.add_parser("video", help="segment a video file or camera into an overlay video")
     v.add_argument("input", help="video file, or a camera index (0 = /dev/video0)")
@@ -181,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, help="CPU threads")
     v.add_argument("--max-frames", type=int, help="stop after this many frames (cameras)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(v)
     v.set_defaults(fn=_video)
     d = sub.add_parser("demo", help="segment a bundled toy scene with the embedded model")
     d.add_argument("--out", default="clips4rt_demo", help="output folder")
@@ -189,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, help="CPU threads")
     d.set_defaults(fn=_demo)
     i = sub.add_parser("info", help="print a bundle's metadata")
-    i.add_argument("model", help="bundle image graph (model.onnx)")
+    i.add_argument("model", nargs="?", help="bundle image graph (default: the embedded one)")
     i.set_defaults(fn=_info)
     return p
 
@@ -198,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.fn(args)
+    except BrokenPipeError:  # `clips4rt info m.onnx | head`: the reader left, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (BundleError, ImageError, VideoError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

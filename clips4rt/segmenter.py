@@ -21,7 +21,13 @@ from clips4rt.textcache import TextCache
 from clips4rt.tokenizer import clean_text, tokenize
 from kernels.cpu import match_upsample, resize_rgb
 
-__all__ = ["SegmentationResult", "Segmenter", "check_classes", "resolve_providers"]
+__all__ = [
+    "SegmentationResult",
+    "Segmenter",
+    "check_classes",
+    "default_model",
+    "resolve_providers",
+]
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -48,6 +54,17 @@ def _run_graph(sess: ort.InferenceSession, name: str, x: np.ndarray, path: Path)
             f"{str(e)[:300]}); the bundle's graphs and metadata disagree or memory ran "
             "out. Re-export the bundle, or pass a smaller size."
         ) from e
+
+
+def default_model() -> Path:
+    """Path of the embedded bundle: a small CLIP-S4 student trained on the toy world
+    (shapes and textures in ~20 classes, see the README), not a model of real photos."""
+    from importlib import resources
+
+    model = Path(str(resources.files("clips4rt") / "models" / "toy.onnx"))
+    if not model.is_file():
+        raise FileNotFoundError(f"the embedded model {model} is missing: reinstall clips4rt")
+    return model
 
 
 def _positive_int(v) -> bool:
@@ -131,7 +148,7 @@ class Segmenter:
 
     Args:
         path: the image graph ``model.onnx``; the text graph named in its metadata
-            must sit beside it.
+            must sit beside it. None = the embedded toy model (:func:`default_model`).
         providers: onnxruntime execution providers; None = TensorRT/CUDA if
             available, else CPU.
         threads: intra-op threads of the CPU provider (None or 0 = onnxruntime's
@@ -156,7 +173,7 @@ class Segmenter:
 
     def __init__(
         self,
-        path,
+        path=None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         cache_dir=None,
@@ -165,7 +182,7 @@ class Segmenter:
         max_pixels: int | None | str = "default",
         max_input_pixels: int = MAX_INPUT_PIXELS,
     ):
-        self.path = Path(path)
+        self.path = default_model() if path is None else Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         self.providers = resolve_providers(providers)

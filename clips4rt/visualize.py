@@ -22,9 +22,12 @@ def palette(n: int) -> np.ndarray:
 
 
 def label_png(labels: np.ndarray, n_classes: int) -> Image.Image:
-    """A palette PNG of (H, W) int32 labels: index k = class k, 255 = background (-1)."""
+    """A palette PNG of (H, W) int32 labels: index k = class k, 255 = background (-1).
+    Above 255 classes a 16-bit grayscale PNG: value k = class k, 65535 = background."""
     if n_classes > 255:
-        raise ValueError("label PNGs hold at most 255 classes")
+        if n_classes > 65535:
+            raise ValueError("label PNGs hold at most 65535 classes")
+        return Image.fromarray(np.where(labels < 0, 65535, labels).astype(np.uint16))
     idx = np.where(labels < 0, 255, labels).astype(np.uint8)
     img = Image.fromarray(idx, mode="P")
     pal = np.zeros((256, 3), np.uint8)
