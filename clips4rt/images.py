@@ -75,11 +75,20 @@ def _pil_checked(img: Image.Image, name: str) -> np.ndarray:
 
 
 def _from_array(a: np.ndarray) -> np.ndarray:
+    # the same content is read the same way as from a file: 16-bit by /257, a 2-D float
+    # or int32 image as PIL's mode F / I, RGBA and gray+alpha composited over white
+    if a.dtype == np.uint16 and a.ndim in (2, 3):
+        a = np.clip(np.floor(a / 257.0 + 0.5), 0, 255).astype(np.uint8)
+    elif a.ndim == 2 and a.dtype in (np.float32, np.float64, np.int32) and a.size:
+        return _scale_gray(a.astype(np.float64), "numpy image", depth16=False)
     if a.dtype != np.uint8:
         raise ImageError(
-            f"numpy image has dtype {a.dtype}, expected uint8 HxWx3 RGB. For floats in "
+            f"numpy image has dtype {a.dtype}, expected uint8 HxWx3 RGB (uint16, and 2-D "
+            "float32 / int32 grayscale, are read as their files are). For RGB floats in "
             "[0, 1] use (img * 255).round().astype(np.uint8)."
         )
+    if a.ndim == 3 and a.shape[2] in (2, 4) and a.shape[0] and a.shape[1]:
+        return _from_pil(Image.fromarray(np.ascontiguousarray(a)), "numpy image")  # LA, RGBA
     if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
         a = a.reshape(a.shape[0], a.shape[1])
         return np.repeat(a[:, :, None], 3, axis=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from clips4rt.prompts import check_templates
 from clips4rt.result import SegmentationResult
 from clips4rt.stream import pipelined
 from clips4rt.textcache import TextCache
-from clips4rt.tokenizer import clean_text, tokenize
+from clips4rt.tokenizer import clean_text, get_tokenizer, tokenize
 from kernels.cpu import match_upsample, resize_rgb
 
 __all__ = [
@@ -136,6 +137,14 @@ def check_classes(classes) -> list[str]:
         # Refused rather than merged: labels index into `classes`, so a silent
         # merge would shift every index after the duplicate.
         raise ValueError(f"duplicate class names {dupes}: give each class once")
+    first: dict[str, str] = {}
+    for c in classes:  # names the text model cannot tell apart (it lower-cases, ...)
+        other = first.setdefault(clean_text(c), c)
+        if other != c:
+            raise ValueError(
+                f"class names {other!r} and {c!r} are the same text to the model (it "
+                "lower-cases and normalises): one of them could never win; give it once"
+            )
     return classes
 
 
@@ -329,11 +338,29 @@ class Segmenter:
             todo = [c for c in todo if c not in found]
         if todo:
             prompts = [t.replace("{}", c) for c in todo for t in templates]
-            tokens = tokenize(prompts, self.info.context_length)
+            ctx = self.info.context_length
+            tokens = tokenize(prompts, ctx)
+            full = np.nonzero(tokens[:, -1])[0]  # rows that fill the context: cut?
+            cut = [prompts[i] for i in full if len(get_tokenizer().encode(prompts[i])) + 2 > ctx]
+            if cut:
+                warnings.warn(
+                    f"{len(cut)} prompt(s) are longer than the text model's {ctx} tokens and "
+                    f"were cut, e.g. {cut[0][:80]!r}; shorten the class names",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            chunks = range(0, len(tokens), 256)
+            if len(chunks) > 4:  # many new prompts: show progress where a terminal is
+                try:
+                    from tqdm import tqdm
+
+                    chunks = tqdm(chunks, desc="text prompts", unit="x256", disable=None)
+                except ImportError:
+                    pass
             emb = np.concatenate(
                 [
                     _run_graph(self._text, B.TEXT_INPUT, tokens[i : i + 256], self.path)
-                    for i in range(0, len(tokens), 256)
+                    for i in chunks
                 ]
             ).astype(np.float64)
             emb /= np.linalg.norm(emb, axis=1, keepdims=True)
