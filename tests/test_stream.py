@@ -57,9 +57,9 @@ def test_lazy_scores_equal_the_full_kernel(seg, rng):
 
 def test_stream_raises_at_the_bad_frame_and_stops(seg, rng):
     frames = _frames(rng, 5)
-    frames[2] = np.zeros((10, 10, 4), np.uint8)  # RGBA array: not accepted
+    frames[2] = np.zeros((10, 10, 5), np.uint8)  # 5 channels: not an image
     got = []
-    with pytest.raises(clips4rt.ImageError, match="4 channels"):
+    with pytest.raises(clips4rt.ImageError, match="5 channels"):
         for r in seg.stream(frames, CLASSES):
             got.append(r)
     assert len(got) == 2
