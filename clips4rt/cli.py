@@ -20,9 +20,11 @@ from clips4rt.errors import BundleError, ImageError, VideoError
 def _save(img, path: Path) -> None:
     """Save a PIL image atomically: a hidden temporary name in the same folder, then a
     rename; on any error nothing (no 0-byte or partial file) is left at either name."""
+    from clips4rt.visualize import save_image
+
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        img.save(tmp)
+        save_image(img, tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

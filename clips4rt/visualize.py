@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -36,12 +40,69 @@ def label_png(labels: np.ndarray, n_classes: int) -> Image.Image:
     return img
 
 
+# Fonts with wide Unicode coverage, first found wins (none is shipped: the package
+# stays small); else Pillow's built-in scalable font (Latin only).
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/noto/NotoSans-Regular.ttf",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
+    "C:/Windows/Fonts/seguisym.ttf",
+    "C:/Windows/Fonts/arial.ttf",
+)
+
+
+@lru_cache(maxsize=16)
+def legend_font(size: int):
+    """A scalable font of ``size`` px (see FONT_CANDIDATES)."""
+    for path in FONT_CANDIDATES:
+        if Path(path).is_file():
+            try:
+                return ImageFont.truetype(path, size)
+            except OSError:
+                continue
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+@lru_cache(maxsize=4096)
+def _has_glyph(font, ch: str) -> bool:
+    if ch.isspace():
+        return True
+    try:
+        missing = font.getmask("\U0010fffd").tobytes()
+        return font.getmask(ch).tobytes() != missing
+    except Exception:  # noqa: BLE001 - a bitmap font: assume ASCII only
+        return ch.isascii()
+
+
+def drawable(text: str, font) -> str:
+    """``text`` with the characters ``font`` has no glyph for as '?' (and a warning),
+    never as silent boxes."""
+    out = "".join(ch if _has_glyph(font, ch) else "?" for ch in text)
+    if out != text:
+        warnings.warn(
+            f"the legend font has no glyph for some characters of {text!r}; drawn as '?' "
+            "(install DejaVu Sans or Noto Sans for wider coverage)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return out
+
+
 def overlay(
     image: np.ndarray, labels: np.ndarray, classes: list[str], alpha: float = 0.5, scale: int = 1
 ):
     """Blend class colours over an HxWx3 uint8 image and draw a legend of the
-    classes present (background pixels stay as they are). ``scale`` enlarges the
-    result by an integer factor (nearest) so a legend fits on small images.
+    classes present, largest first (background pixels stay as they are). The legend
+    scales with the image (text ~1/45 of its short side, at least 11 px), wraps into
+    columns, and ends with "+N more" when even those do not fit. ``scale`` enlarges
+    the result by an integer factor (nearest) so a legend fits on small images.
     Returns a PIL RGB image of (W * scale, H * scale)."""
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -51,16 +112,56 @@ def overlay(
     colours = palette(len(classes))
     img = Image.fromarray(blend_labels(image, labels, colours, alpha))
     counts = np.bincount(labels.ravel() + 1, minlength=len(classes) + 1)[1:]
-    present = [k for k in range(len(classes)) if counts[k]]
+    present = sorted((k for k in range(len(classes)) if counts[k]), key=lambda k: -counts[k])
     if not present:
         return img
-    font = ImageFont.load_default()
+    H, W = img.height, img.width
+    size = max(11, round(min(H, W) / 45))
+    font = legend_font(size)
     draw = ImageDraw.Draw(img)
-    row = max(12, draw.textbbox((0, 0), "Ag", font=font)[3] + 4)
-    width = max(draw.textlength(classes[k], font=font) for k in present) + row + 8
-    draw.rectangle([0, 0, width, row * len(present) + 4], fill=(0, 0, 0))
-    for i, k in enumerate(present):
-        y = 2 + i * row
-        draw.rectangle([4, y + 2, row, y + row - 2], fill=tuple(int(c) for c in colours[k]))
-        draw.text((row + 4, y), classes[k], fill=(255, 255, 255), font=font)
+    row = max(size + 4, draw.textbbox((0, 0), "Ag", font=font)[3] + 4)
+    pad = max(2, row // 6)
+    names = [drawable(classes[k], font) for k in present]
+    per_col = max(1, (H - 2 * pad) // row)
+    cols = [list(range(i, min(i + per_col, len(present)))) for i in range(0, len(present), per_col)]
+    widths = [
+        int(max(draw.textlength(names[i], font=font) for i in c)) + row + 3 * pad for c in cols
+    ]
+    shown, x = [], 0
+    for col, width in zip(cols[:4], widths):  # at most 4 columns, and what fits across
+        if shown and x + width > W:
+            break
+        shown.append(col)
+        x += width
+    more = len(present) - sum(len(c) for c in shown)
+    if more:  # the last line says how many classes are not listed
+        more += 1
+        shown[-1][-1] = -1
+    x = 0
+    for col in shown:
+        texts = [names[i] if i >= 0 else f"+{more} more" for i in col]
+        width = int(max(draw.textlength(t, font=font) for t in texts)) + row + 3 * pad
+        draw.rectangle([x, 0, x + width, row * len(col) + 2 * pad], fill=(0, 0, 0))
+        for j, (i, t) in enumerate(zip(col, texts)):
+            y = pad + j * row
+            if i >= 0:
+                c = tuple(int(v) for v in colours[present[i]])
+                draw.rectangle([x + pad, y + pad, x + row - pad, y + row - pad], fill=c)
+            draw.text((x + row + pad, y + (row - size) // 2 - 1), t, fill=(255, 255, 255),
+                      font=font)  # fmt: skip
+        x += width
     return img
+
+
+def save_image(img: Image.Image, path) -> None:
+    """Save with settings chosen for speed on big images: PNG compression level 1
+    (a 4000x3000 overlay: ~0.9 s instead of ~2.9 s at Pillow's default 6, files ~13 %
+    larger), JPEG quality 90."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == ".png":
+        img.save(path, compress_level=1 if img.width * img.height > 1 << 20 else 6)
+    elif ext in (".jpg", ".jpeg"):
+        img.save(path, quality=90)
+    else:
+        img.save(path)

@@ -288,3 +288,29 @@ def test_cli_segment_and_info(bundles, tmp_path, rng, capsys):
         == 2
     )
     assert "--classes is empty" in capsys.readouterr().err
+
+
+def test_overlay_legend_scales_wraps_and_never_draws_boxes(tmp_path, rng):
+    import warnings
+
+    from clips4rt.visualize import legend_font, overlay, save_image
+
+    big = np.full((3000, 4000, 3), 128, np.uint8)
+    labels = rng.integers(0, 300, big.shape[:2]).astype(np.int32)
+    names = [f"class {i}" for i in range(300)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = overlay(big, labels, names)
+    legend = np.asarray(img)[:, :, :] == 0  # the legend's black panel
+    rows = np.nonzero(legend.all(axis=2).any(axis=1))[0]
+    assert rows.max() > 2900  # a column runs down the whole image height...
+    cols = np.nonzero(legend.all(axis=2)[5])[0]
+    assert 1000 < cols.max() < 4000  # ...and the legend wraps into several columns
+    assert legend_font(66).size == 66  # text ~1/45 of the short side
+    # more classes than fit: the last line counts the rest
+    small = overlay(np.full((60, 80, 3), 100, np.uint8), labels[:60, :80] % 30, names[:30])
+    assert small.size == (80, 60)
+    with pytest.warns(UserWarning, match="no glyph"):
+        overlay(big[:100, :100], np.zeros((100, 100), np.int32), ["\U0010fffd thing"])
+    save_image(img, tmp_path / "o.png")
+    assert Image.open(tmp_path / "o.png").size == (4000, 3000)
