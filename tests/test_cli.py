@@ -71,3 +71,22 @@ def test_info_into_a_closed_pipe_is_quiet():
     )  # fmt: skip
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
     assert "rc=1" in r.stderr
+
+
+def test_default_bundle_refuses_to_overwrite_the_shipped_model(tmp_path):
+    import pytest
+
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    shipped = clips4rt.default_model()
+    before = shipped.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "train.default_bundle", "--dense", "sclip"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "--force" in r.stderr and "--out" in r.stderr
+    assert shipped.read_bytes() == before
+    r = subprocess.run([sys.executable, "-m", "train.default_bundle", "--dense", "sclip",
+                        "--out", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "toy.onnx").is_file() and shipped.read_bytes() == before
+    seg = clips4rt.Segmenter(tmp_path / "toy.onnx")
+    assert seg.info.kind == "sclip"

@@ -2,7 +2,11 @@
 list and the demo scene behind ``clips4rt demo``.
 
     python -m train --preset toy                       # ~9 min on 2 cores
-    python -m train.default_bundle --checkpoint runs/toy/step_0000500.pt
+    python -m train.default_bundle --checkpoint runs/toy/step_0000500.pt --force
+
+``--force`` is needed to replace the shipped files in the package tree; ``--out DIR``
+writes the bundle (``toy.onnx``, ``toy.text.onnx``, ``toy.classes.txt``) elsewhere
+instead, leaving the package alone.
 
 exports the CLIP-S4 student of the toy preset (resnet10t without its last stage, + FPN)
 with the toy teacher's text graph as ``clips4rt/models/toy.onnx`` (+ ``toy.text.onnx``;
@@ -33,12 +37,17 @@ DEMO_SCENE = (7, 3)
 
 
 def build(
-    dense: str | None, input_size: int | None, templates: str, checkpoint: str | None = None
+    dense: str | None,
+    input_size: int | None,
+    templates: str,
+    checkpoint: str | None = None,
+    out: Path = MODELS,
 ) -> None:
+    out = Path(out)
     if checkpoint:
         info, errs = export_student(
             checkpoint,
-            MODELS / "toy.onnx",
+            out / "toy.onnx",
             input_size=input_size or 192,
             templates=templates,
             fp16_weights=True,
@@ -54,18 +63,19 @@ def build(
             mean,
             std,
             dense or "sclip",
-            MODELS / "toy.onnx",
+            out / "toy.onnx",
             input_size=input_size or 96,
             templates=templates,
             fp16_weights=True,
         )
-    (MODELS / "toy.classes.txt").write_text("\n".join(toyworld.CLASSES) + "\n")
+    (out / "toy.classes.txt").write_text("\n".join(toyworld.CLASSES) + "\n")
     scene = toyworld.make_scene(*DEMO_SCENE)
-    Image.fromarray(scene.image).save(REPO / "clips4rt" / "data" / "demo_scene.png")
+    if out.resolve() == MODELS.resolve():  # the demo scene belongs to the shipped bundle
+        Image.fromarray(scene.image).save(REPO / "clips4rt" / "data" / "demo_scene.png")
     for k, v in errs.items():
         print(f"parity {k}: {v:.2e}")
     print(
-        f"wrote {MODELS / 'toy.onnx'} ({info.kind}, input size {info.input_size}); demo scene "
+        f"wrote {out / 'toy.onnx'} ({info.kind}, input size {info.input_size}); demo scene "
         f"classes: {scene.classes}"
     )
 
@@ -81,9 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--dense", help="export the teacher training-free: maskclip|clearclip|sclip")
     p.add_argument("--input-size", type=int, help="default 192 (student) or 96 (teacher)")
     p.add_argument("--templates", default="imagenet", choices=("simple", "imagenet"))
+    p.add_argument("--out", type=Path, default=MODELS, help="folder (default: the package's)")
+    p.add_argument("--force", action="store_true", help="replace the shipped bundle")
     args = p.parse_args(argv)
+    shipped = [f for f in ("toy.onnx", "toy.text.onnx") if (args.out / f).exists()]
+    if args.out.resolve() == MODELS.resolve() and shipped and not args.force:
+        print(
+            f"error: this would overwrite the shipped {', '.join(shipped)} in {MODELS}; pass "
+            "--force to replace the embedded model, or --out DIR to write elsewhere",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        build(args.dense, args.input_size, args.templates, args.checkpoint)
+        args.out.mkdir(parents=True, exist_ok=True)
+        build(args.dense, args.input_size, args.templates, args.checkpoint, args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
