@@ -177,3 +177,16 @@ def test_batch_must_split_over_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "setup", lambda: (0, 3, torch.device("cpu")))
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
         train(_cfg(tmp_path, "--steps=1", "--batch=4"))
+
+
+def test_help_lists_every_config_field(capsys):
+    from dataclasses import fields
+
+    from train.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for f in fields(TrainConfig):
+        assert f"--{f.name}={f.default}" in out, f.name
+    assert "--overwrite" in out and "checkpoints kept (0 = all)" in out

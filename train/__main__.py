@@ -10,9 +10,14 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from train.config import load_config
+    from train.config import config_help, load_config
 
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m train",
+        description=__doc__,
+        epilog=config_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="toy", help="train/presets/<name>.json or a JSON path")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")

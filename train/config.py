@@ -120,6 +120,62 @@ def _coerce(name: str, typ, text: str):
 CHOICES = {"top_stride": (16, 32), "unknown_space": ("image", "text")}
 
 
+HELP = {
+    "data": '"toy" = the toy-world generator, else a folder of unlabeled images',
+    "toy_seed": "seed of the toy world's training scenes",
+    "toy_pool": "toy scenes generated up front and sampled from",
+    "image_size": "side of each augmented view the student sees (px)",
+    "teacher_size": "side of the full image the teacher sees (px)",
+    "clip": "teacher: open_clip model name (e.g. ViT-B-16); or --model_config",
+    "model_config": "teacher: open_clip-style config JSON (with --pretrained)",
+    "pretrained": "teacher weights: a pretrained tag (openai, ...) or a checkpoint path",
+    "teacher_dense": "training-free dense mode of the teacher's maps",
+    "known_classes": '"toy" or a text file, one class name a line (the known vocabulary)',
+    "templates": "prompt templates for the known classes",
+    "backbone": "student CNN (timm name, e.g. resnet18, resnet10t)",
+    "stride": "output stride of the student's embeddings",
+    "decoder_width": "channels of the student's FPN decoder",
+    "decoder_norm": "normalisation in the decoder (bn, or gn for tiny batches)",
+    "top_stride": "deepest CNN stage the FPN uses: 32, or 16 (drops the last stage)",
+    "imagenet_init": "start the backbone from timm's ImageNet weights (needs them cached)",
+    "segments": "k-means segments per view for the pixel-segment contrast",
+    "concentration": "temperature (inverse) of the pixel-segment contrastive loss",
+    "w_contrastive": "weight of the pixel-segment contrastive loss",
+    "w_embedding": "weight of the embedding consistency with the teacher",
+    "w_semantic": "weight of the semantic consistency (known + unknown prototypes)",
+    "unknown_prototypes": "learned prototypes for unknown classes (0 switches them off)",
+    "unknown_threshold": "cosine under which a pixel is unexplained by the known classes",
+    "unknown_refresh": "steps between re-clustering the unknown prototypes",
+    "unknown_space": "where unknown prototypes live: image or text embedding space",
+    "student_scale": "logit scale of the student's class softmax",
+    "teacher_scale": "logit scale of the teacher's class softmax",
+    "steps": "training steps",
+    "batch": "images per step (over all processes)",
+    "lr": "AdamW learning rate (warmup, then cosine decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "linear warmup steps",
+    "clip_grad": "gradient norm clip (0 = off)",
+    "seed": "seed of everything random (views, segments, prototypes)",
+    "out": "run folder: checkpoints, metrics.csv, run.json",
+    "log_every": "steps between rows of metrics.csv",
+    "ckpt_every": "steps between checkpoints",
+    "keep": "checkpoints kept (0 = all)",
+}
+
+
+def config_help() -> str:
+    """One line per config field: ``--key=default [range or choices]  help``."""
+    lines = ["config fields (--key=value; a preset sets some of them):"]
+    for f in fields(TrainConfig):
+        extra = ""
+        if f.name in CHOICES:
+            extra = " {" + ",".join(map(str, CHOICES[f.name])) + "}"
+        elif f.name in RANGES:
+            extra = " [{}, {}]".format(*RANGES[f.name])
+        lines.append(f"  --{f.name}={f.default}{extra}\n      {HELP.get(f.name, '')}")
+    return "\n".join(lines)
+
+
 def load_config(preset: str | None = None, overrides: list[str] = ()) -> TrainConfig:
     """Preset JSON (``train/presets/<name>.json`` or a path) + ``key=value`` overrides."""
     known = {f.name: f for f in fields(TrainConfig)}

@@ -445,7 +445,8 @@ def train(
                 )
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+            if cfg.clip_grad > 0:  # 0 = no clipping (a max norm of 0 would zero the step)
+                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
             opt.step()
             sched.step()
             step += 1
