@@ -8,6 +8,7 @@
 Depends on numpy, onnxruntime and pillow only.
 """
 
+from clips4rt import visualize
 from clips4rt.bundle import FORMAT_VERSION, BundleInfo
 from clips4rt.errors import BundleError, ImageError, VideoError
 from clips4rt.images import load_image
@@ -26,4 +27,5 @@ __all__ = [
     "default_model",
     "load_image",
     "tokenize",
+    "visualize",
 ]
