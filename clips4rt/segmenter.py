@@ -293,6 +293,8 @@ class Segmenter:
                 f"{self.path}: the image graph takes {self._image.get_inputs()[0].type}, the "
                 "bundle contract uint8 RGB; re-export the bundle"
             )
+        if "TensorrtExecutionProvider" in self.providers:
+            return  # a probe at a new shape would make TensorRT build an engine (minutes)
         # one 4x4-token image through the graph (ms): the grid must follow the stride
         s = self.info.stride
         grid = _run_graph(self._image, B.IMAGE_INPUT, np.zeros((1, 4 * s, 4 * s, 3), np.uint8),
