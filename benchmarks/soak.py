@@ -58,6 +58,17 @@ def frames(n: int, size: tuple[int, int]) -> list[np.ndarray]:
     ]
 
 
+def _on_threads(fn, n: int) -> float:
+    """Run fn(0) .. fn(n - 1) on n threads at once; seconds until all are done."""
+    t0 = time.perf_counter()
+    ths = [threading.Thread(target=fn, args=(t,)) for t in range(n)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    return time.perf_counter() - t0
+
+
 def soak_threads(seg: clips4rt.Segmenter, imgs: list[np.ndarray]) -> None:
     rng = random.Random(0)
     lists = [rng.sample(CLASSES, rng.randint(2, 12)) for _ in range(8)]
@@ -72,15 +83,10 @@ def soak_threads(seg: clips4rt.Segmenter, imgs: list[np.ndarray]) -> None:
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
 
-    t0 = time.perf_counter()
-    ths = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    dt = _on_threads(worker, 8)
     print(
         f"threads: 8 threads x 25 frames, own class lists: {200 - len(bad)}/200 equal the "
-        f"serial results, {len(errors)} errors ({time.perf_counter() - t0:.1f} s)"
+        f"serial results, {len(errors)} errors ({dt:.1f} s)"
     )
 
     def prompts(t):
@@ -93,15 +99,10 @@ def soak_threads(seg: clips4rt.Segmenter, imgs: list[np.ndarray]) -> None:
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
 
-    ths = [threading.Thread(target=prompts, args=(t,)) for t in range(8)]
-    t0 = time.perf_counter()
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    dt = _on_threads(prompts, 8)
     print(
         f"text cache: 8 threads, {8 * 700 + 2} distinct prompts (cache holds 4096): "
-        f"{len(errors)} errors, cache size {len(seg._cache)} ({time.perf_counter() - t0:.1f} s)"
+        f"{len(errors)} errors, cache size {len(seg._cache)} ({dt:.1f} s)"
     )
 
 

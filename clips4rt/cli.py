@@ -97,7 +97,7 @@ def _segment(args) -> int:
     classes = _split(args.classes)
     if not classes:
         raise ValueError('--classes is empty: give names like --classes "cat,dog"')
-    seg = Segmenter(args.model or _embedded_model(), threads=args.threads)
+    seg = Segmenter(args.model, threads=args.threads)  # None: the embedded model
     options = _options(args)
     seg._prompts(classes, **{k: v for k, v in options.items() if k != "size"})  # checks now
     if "size" in options:
@@ -128,12 +128,6 @@ def _segment(args) -> int:
     return 1 if failed else 0
 
 
-def _embedded_model() -> Path:
-    from clips4rt.segmenter import default_model
-
-    return default_model()
-
-
 def _video(args) -> int:
     from clips4rt.segmenter import Segmenter
     from clips4rt.video import segment_video
@@ -143,7 +137,7 @@ def _video(args) -> int:
         raise ValueError('--classes is empty: give names like --classes "cat,dog"')
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
-    seg = Segmenter(args.model or _embedded_model(), threads=args.threads)
+    seg = Segmenter(args.model, threads=args.threads)  # None: the embedded model
     options = _options(args)
     summary = segment_video(
         seg,
@@ -169,10 +163,10 @@ def _video(args) -> int:
 def _demo(args) -> int:
     from importlib import resources
 
-    from clips4rt.segmenter import Segmenter
+    from clips4rt.segmenter import Segmenter, default_model
 
     root = resources.files("clips4rt") / "models"
-    model = _embedded_model()
+    model = default_model()
     classes = (
         _split(args.classes) if args.classes else (root / "toy.classes.txt").read_text().split("\n")
     )
@@ -203,7 +197,7 @@ def _demo(args) -> int:
 def _info(args) -> int:
     from clips4rt.segmenter import Segmenter
 
-    seg = Segmenter(args.model or _embedded_model())
+    seg = Segmenter(args.model)  # None: the embedded model
     info = dataclasses.asdict(seg.info)
     info["prompt_templates"] = f"{len(seg.info.prompt_templates)} templates"
     print(json.dumps(info, indent=2))

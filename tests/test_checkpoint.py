@@ -9,13 +9,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
+from test_train_loop import TINY as LOOP_TINY  # noqa: E402
+
 from train import checkpoint as C  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.loop import train  # noqa: E402
 
-TINY = ["--toy_pool=12", "--batch=3", "--image_size=64", "--teacher_size=96", "--segments=4",
-        "--log_every=1", "--ckpt_every=1", "--unknown_prototypes=2", "--unknown_refresh=1",
-        "--warmup=2"]  # fmt: skip
+TINY = [*LOOP_TINY, "--ckpt_every=1"]  # the loop tests' tiny run, a checkpoint every step
 
 
 def _cfg(out, *extra):
@@ -51,7 +51,9 @@ def test_planted_code_never_runs(tmp_path, capsys):
     _plant(run / "step_0000001.pt", marker)  # the run's own newest checkpoint, replaced
     with pytest.raises(C.CheckpointError, match="refused"):
         train(_cfg(run, "--steps=12"), resume=True)
-    assert not marker.exists()
+    assert C.main(["--convert", str(evil), str(tmp_path / "converted.pt")]) == 2
+    assert "convert safely" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "converted.pt").exists()
     # the same file, unpickled without the guard, does run its code (the test is real)
     torch.load(evil, weights_only=False)
     assert marker.exists()

@@ -7,8 +7,8 @@ a file that needs any other pickle global (which could run code while loading) i
 refused with :class:`CheckpointError`, never executed.
 
 Checkpoints written before this format stored numpy's RNG state as an ndarray and are
-refused too. Convert one you wrote yourself (this unpickles it fully: only for files
-you trust)::
+refused too. Convert one with (still weights-only: besides tensors it admits just the
+numpy array type that old format used, so it runs no code either)::
 
     python -m train.checkpoint --convert OLD.pt NEW.pt
 """
@@ -84,8 +84,8 @@ def load(path, what: str = "checkpoint") -> dict:
         raise CheckpointError(
             f"{path}: refused - loading it would unpickle objects other than tensors, "
             "numbers, strings and containers, which can run arbitrary code. If it is an "
-            "older clips4rt checkpoint that you wrote yourself, convert it once with "
-            f"`{CONVERT.format(path=path)}` (that step trusts the file)."
+            "older clips4rt checkpoint, convert it once (no code runs then either) with "
+            f"`{CONVERT.format(path=path)}`."
         ) from None
     except Exception as e:  # truncated / not a torch file: zip and EOF errors
         raise CheckpointError(
@@ -103,7 +103,17 @@ def convert(src, dst) -> None:
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("write the converted checkpoint to another path than the source")
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)  # trusted by the caller
+    # the old format's one non-tensor object: numpy's RNG state array; nothing else
+    reconstruct = getattr(np, "_core", getattr(np, "core", None)).multiarray._reconstruct
+    uint32 = type(np.dtype(np.uint32))  # the dtype class of MT19937's key array
+    with torch.serialization.safe_globals([reconstruct, np.ndarray, np.dtype, uint32]):
+        try:
+            ckpt = torch.load(src, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"{src}: holds objects other than tensors, containers and numpy arrays; not "
+                f"a clips4rt checkpoint this tool can convert safely ({str(e)[:200]})"
+            ) from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{src} is not a clips4rt checkpoint")
     rng = ckpt.get("rng")
