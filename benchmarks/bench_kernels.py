@@ -3,7 +3,7 @@
     python benchmarks/bench_kernels.py --cpu     # C++ post-processing vs numpy reference
     python benchmarks/bench_kernels.py --gpu     # Triton ops vs torch (needs CUDA)
 
-CPU: ``kernels.cpu.match_upsample`` (C++, every instruction set this CPU runs) vs
+CPU: ``clips4rt.kernels.match_upsample`` (C++, every instruction set this CPU runs) vs
 a float32 numpy pipeline of the same math and the obvious OpenCV pipeline (if
 installed), on one 1920x1080 frame, D = 512, K = 21, stride 8 (embeddings 240x135),
 2 threads, random (worst case) and smooth (image-like) embeddings; label agreement
@@ -44,7 +44,7 @@ def _min_time(fn, repeats: int) -> float:
 def numpy_pipeline(emb, protos, out_size, logit_scale):
     """The float32 numpy pipeline of the same math: matmul, separable bilinear
     (align_corners=False), argmax, max, softmax of the winner."""
-    from kernels.cpu import bilinear_taps
+    from clips4rt.kernels import bilinear_taps
 
     d, h, w = emb.shape
     H, W = out_size
@@ -89,7 +89,7 @@ def _inputs(kind, rng, D, K, h, w):
 
 def _oracle_at(emb, protos, out_size, ys, xs) -> np.ndarray:
     """(K, n) float64 upsampled cosines at output pixels (ys, xs)."""
-    from kernels.cpu import bilinear_taps
+    from clips4rt.kernels import bilinear_taps
 
     d, h, w = emb.shape
     c = (protos.astype(np.float64) @ emb.reshape(d, -1).astype(np.float64)).reshape(-1, h, w)
@@ -101,10 +101,10 @@ def _oracle_at(emb, protos, out_size, ys, xs) -> np.ndarray:
 
 
 def bench_cpu(repeats: int, threads: int = 2) -> None:
-    from kernels import cpu
+    from clips4rt import kernels as cpu
 
     if not cpu.HAVE_NATIVE:
-        sys.exit("kernels._cpu is not built: pip install -e .")
+        sys.exit("clips4rt._cpu is not built: pip install -e .")
     try:
         import cv2
 

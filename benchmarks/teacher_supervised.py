@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from train import toyworld  # noqa: E402
-from train.pretrain_teacher import (  # noqa: E402
+from train.toyworld.teacher import (  # noqa: E402
     DEFAULT_CONFIG,
     HELDOUT_SEED,
     TRAIN_SEED,

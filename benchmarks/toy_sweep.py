@@ -2,7 +2,7 @@
 
     python benchmarks/toy_sweep.py --out out/sweep [--deadline 540] [--tiny]
 
-Each teacher variant (``VARIANTS``) is pretrained (``train.pretrain_teacher``), its
+Each teacher variant (``VARIANTS``) is pretrained (``train.toyworld.teacher``), its
 dense baselines are evaluated (``benchmarks/toy_baselines.py``, ImageNet templates,
 96 and 128 px) and CLIP-S4 students (``python -m train --preset toy``, one per backbone
 in ``BACKBONES``) are trained on it, exported and evaluated at 192 px on the held-out
@@ -99,7 +99,7 @@ def pipeline(r: Runner, name: str, cfg: dict, flags: list[str], args) -> None:
     d = r.out / name
     d.mkdir(parents=True, exist_ok=True)
     (d / "toy-teacher.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    teacher = [PY, "-m", "train.pretrain_teacher", "--config", str(d / "toy-teacher.json")]
+    teacher = [PY, "-m", "train.toyworld.teacher", "--config", str(d / "toy-teacher.json")]
     teacher += ["--out", str(d), "--steps", str(args.teacher_steps), *flags]
     if args.tiny:
         teacher += ["--pool", "64", "--batch", "16", "--heldout", "40"]

@@ -16,16 +16,24 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clips4rt.errors import BundleError
-from clips4rt.prompts import IMAGENET_TEMPLATES
+from clips4rt.prompts import IMAGENET_TEMPLATES, MAX_NAME_CHARS
 
 FORMAT_VERSION = 1
 PREFIX = "clips4rt."
-KINDS = ("clip-s4", "maskclip", "clearclip", "sclip")
+#: CLIP's (OpenAI's) preprocessing statistics, 0-1 RGB: the bundle default; a teacher
+#: with other statistics carries its own (``model.visual.preprocess_cfg``)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: ``kind`` names how the image graph was made ("clip-s4" for a trained student, else
+#: the teacher's dense mode, e.g. "sclip"); informative only: the runtime never branches
+#: on it, so new dense modes need no runtime change
+KIND_PATTERN = r"[a-z][a-z0-9_.+-]{0,31}"
 IMAGE_INPUT, IMAGE_OUTPUT = "image", "embeddings"
 TEXT_INPUT, TEXT_OUTPUT = "tokens", "text_embeddings"
 
@@ -41,8 +49,8 @@ class BundleInfo:
     logit_scale: float
     text_model: str  # file name, relative to the image graph's folder
     text_model_sha256: str
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
     context_length: int = 77
     prompt_templates: tuple[str, ...] = IMAGENET_TEMPLATES
     background_threshold: float = 0.0  # winner softmax probability under this -> -1
@@ -118,7 +126,6 @@ LIMITS = {
     "std": (1e-6, 100.0),
 }
 MAX_NAMES = 100_000  # entries of a name / template list
-MAX_NAME_CHARS = 1000
 
 
 def _short(v) -> str:
@@ -162,8 +169,8 @@ def check_field(k: str, v) -> str | None:
             isinstance(v, list) and len(v) == 3 and all(_number(x, False) for x in v)
         ) or not all(lo <= x <= hi for x in v):
             return f"is not 3 finite numbers in [{lo}, {hi}]"
-    if k == "kind" and v not in KINDS:
-        return f"is not one of {KINDS}"
+    if k == "kind" and not (isinstance(v, str) and re.fullmatch(KIND_PATTERN, v)):
+        return f"is not a name of the form {KIND_PATTERN} (e.g. 'clip-s4', 'sclip')"
     if k == "text_model":
         if not isinstance(v, str) or not v or v in (".", "..") or Path(v).name != v:
             return "is not a plain file name"

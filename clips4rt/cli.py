@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from clips4rt.errors import BundleError, ImageError, VideoError
+from clips4rt.images import IMAGE_SUFFIXES
 
 
 def _save(img, path: Path) -> None:
@@ -33,10 +34,6 @@ def _save(img, path: Path) -> None:
 
 def _split(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
-                  ".pgm", ".tga", ".mpo")  # fmt: skip
 
 
 def _expand(items: list[str]) -> list[tuple[Path, Path]]:

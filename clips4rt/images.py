@@ -25,6 +25,10 @@ EXPECTED = (
 # The file formats read (Pillow names). Others (EPS hands the file to Ghostscript,
 # PDF, ...) are refused: a file from elsewhere must not pick the decoder that runs.
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "TGA")  # JPEG opens MPO too
+#: file name suffixes of those formats: what a folder of images is scanned for (the CLI,
+#: training folders, evaluation folders)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+                  ".pgm", ".tga", ".mpo")  # fmt: skip
 
 
 def _scale_gray(a: np.ndarray, name: str, depth16: bool) -> np.ndarray:

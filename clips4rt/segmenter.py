@@ -15,12 +15,12 @@ import onnxruntime as ort
 from clips4rt import bundle as B
 from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
-from clips4rt.prompts import check_templates
+from clips4rt.kernels import match_upsample, resize_rgb
+from clips4rt.prompts import MAX_NAME_CHARS, check_classes, check_templates
 from clips4rt.result import SegmentationResult
 from clips4rt.stream import pipelined
 from clips4rt.textcache import TextCache
-from clips4rt.tokenizer import clean_text, get_tokenizer, tokenize
-from kernels.cpu import match_upsample, resize_rgb
+from clips4rt.tokenizer import get_tokenizer, tokenize
 
 __all__ = [
     "SegmentationResult",
@@ -33,8 +33,6 @@ __all__ = [
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 # Bounds checked before anything is allocated (each error names its bound and fix).
-MAX_CLASSES = 10_000  # class + background names per call
-MAX_NAME_CHARS = B.MAX_NAME_CHARS  # characters of one class name or template
 MAX_TEMPLATES = 1000
 MAX_SIZE = 4096  # the ``size`` option (short side of the graph input)
 MAX_INPUT_PIXELS = 1 << 22  # graph input pixels (2048 x 2048), Segmenter(max_input_pixels=)
@@ -95,57 +93,6 @@ def resolve_providers(providers: Sequence[str] | None) -> list[str]:
             f"onnxruntime; available: {available}. For CUDA install onnxruntime-gpu."
         )
     return list(providers)
-
-
-def check_classes(classes) -> list[str]:
-    """Validate class names: a non-empty list of distinct, non-empty strings."""
-    if isinstance(classes, str):
-        raise TypeError(f"classes must be a list of names, e.g. {classes.split(',')!r}")
-    try:
-        classes = list(classes)
-    except TypeError:
-        raise TypeError(
-            f"classes must be a list of strings, got {type(classes).__name__}"
-        ) from None
-    if not classes:
-        raise ValueError("classes is empty: give at least one class name")
-    if len(classes) > MAX_CLASSES:
-        raise ValueError(
-            f"{len(classes)} class names, over the limit of {MAX_CLASSES} per call "
-            "(clips4rt.segmenter.MAX_CLASSES); split the vocabulary over several calls"
-        )
-    for i, c in enumerate(classes):
-        if not isinstance(c, str):
-            raise TypeError(f"class names must be strings; classes[{i}] is {type(c).__name__}")
-        if not c.strip():
-            raise ValueError(f"classes[{i}] is an empty name")
-        if any("\ud800" <= ch <= "\udfff" for ch in c):
-            raise ValueError(
-                f"classes[{i}] = {c!r} holds a lone surrogate (text decoded with "
-                "errors='surrogateescape'?); decode it as UTF-8 first"
-            )
-        if not clean_text(c):
-            raise ValueError(f"classes[{i}] = {c!r} has no printable characters")
-        if len(c) > MAX_NAME_CHARS:
-            raise ValueError(
-                f"classes[{i}] has {len(c)} characters, over the limit of {MAX_NAME_CHARS} "
-                "(the text graph reads only its first ~75 tokens anyway)"
-            )
-    seen: set[str] = set()
-    dupes = sorted({c for c in classes if c in seen or seen.add(c)})
-    if dupes:
-        # Refused rather than merged: labels index into `classes`, so a silent
-        # merge would shift every index after the duplicate.
-        raise ValueError(f"duplicate class names {dupes}: give each class once")
-    first: dict[str, str] = {}
-    for c in classes:  # names the text model cannot tell apart (it lower-cases, ...)
-        other = first.setdefault(clean_text(c), c)
-        if other != c:
-            raise ValueError(
-                f"class names {other!r} and {c!r} are the same text to the model (it "
-                "lower-cases and normalises): one of them could never win; give it once"
-            )
-    return classes
 
 
 class Segmenter:
@@ -415,6 +362,13 @@ class Segmenter:
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Run the image graph: (B, H, W, 3) uint8 -> (B, D, H/stride, W/stride) float32."""
         return _run_graph(self._image, B.IMAGE_INPUT, images, self.path)
+
+    def embed_image(self, image, size: int | None = None) -> np.ndarray:
+        """Pixel embeddings of one image as ``run`` computes them: the image (path, PIL
+        image or HxWx3 uint8 RGB) resized to ``working_size`` (short side ``size``,
+        default the bundle's), then the image graph. Returns (D, h, w) float32 unit
+        vectors, h x w = the working size / stride (the grid ``run`` upsamples)."""
+        return self._embed_one(image, size)[1]
 
     def run(self, image, classes: Sequence[str], **options) -> SegmentationResult:
         """Segment one image by class names.

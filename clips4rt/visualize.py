@@ -107,7 +107,7 @@ def overlay(
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
         labels = labels.repeat(scale, axis=0).repeat(scale, axis=1)
-    from kernels.cpu import blend_labels
+    from clips4rt.kernels import blend_labels
 
     colours = palette(len(classes))
     img = Image.fromarray(blend_labels(image, labels, colours, alpha))

@@ -1,13 +1,11 @@
-"""Compute kernels of clips4rt.
+"""Compute kernels of clips4rt, below every other layer (they import neither
+``clips4rt`` nor ``train``).
 
-Importing this package imports neither torch nor triton:
-
-- ``kernels.cpu``: numpy ops of the runtime, with a C++ (nanobind) implementation
-  used when the extension is built and a numpy reference otherwise.
-- ``kernels.contrastive`` / ``kernels.matching``: torch + Triton ops for training
-  (imported on use).
+- ``kernels/csrc``: C++ (nanobind) sources of the runtime's CPU ops. CMake builds them
+  into the runtime package as its private module ``clips4rt._cpu``; their Python
+  wrapper and numpy oracles are ``clips4rt.kernels`` (so the installed runtime is the
+  one package ``clips4rt``).
+- ``kernels.contrastive`` / ``kernels.matching``: torch + Triton ops of the training
+  side, each beside its plain-torch reference. They run from a checkout (the wheel
+  ships only ``clips4rt``); importing this package imports neither torch nor triton.
 """
-
-from kernels.cpu import HAVE_NATIVE
-
-__all__ = ["HAVE_NATIVE"]

@@ -48,7 +48,7 @@ def tiny_clip(tiny_config):
     pytest.importorskip("open_clip")
     import torch
 
-    from train.clip_loader import load_clip
+    from train.models.clip_loader import load_clip
 
     torch.manual_seed(0)
     return load_clip(model_config=tiny_config)

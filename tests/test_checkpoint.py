@@ -12,8 +12,8 @@ pytest.importorskip("open_clip")
 from test_train_loop import TINY as LOOP_TINY  # noqa: E402
 
 from train import checkpoint as C  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.loop import train  # noqa: E402
+from train.method.config import load_config  # noqa: E402
+from train.method.loop import train  # noqa: E402
 
 TINY = [*LOOP_TINY, "--ckpt_every=1"]  # the loop tests' tiny run, a checkpoint every step
 
@@ -133,7 +133,7 @@ def test_a_new_run_never_mixes_with_another(tmp_path, capsys, monkeypatch):
     assert run == {"run_id": first["run_id"], "checkpoints": ["step_0000002.pt"]}
     before = sorted(p.name for p in out.iterdir())
     # a second run without --resume / --overwrite: refused before the teacher loads
-    import train.loop as loop
+    import train.method.loop as loop
 
     real_teacher = loop.Teacher
     monkeypatch.setattr(loop, "Teacher", lambda *a: pytest.fail("teacher loaded"))

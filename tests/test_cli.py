@@ -80,11 +80,11 @@ def test_default_bundle_refuses_to_overwrite_the_shipped_model(tmp_path):
     pytest.importorskip("open_clip")
     shipped = clips4rt.default_model()
     before = shipped.read_bytes()
-    r = subprocess.run([sys.executable, "-m", "train.default_bundle", "--dense", "sclip"],
+    r = subprocess.run([sys.executable, "-m", "train.export.default_bundle", "--dense", "sclip"],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "--force" in r.stderr and "--out" in r.stderr
     assert shipped.read_bytes() == before
-    r = subprocess.run([sys.executable, "-m", "train.default_bundle", "--dense", "sclip",
+    r = subprocess.run([sys.executable, "-m", "train.export.default_bundle", "--dense", "sclip",
                         "--out", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "toy.onnx").is_file() and shipped.read_bytes() == before

@@ -1,11 +1,11 @@
-"""kernels.cpu: the C++ matching and resize kernels against their numpy oracles."""
+"""clips4rt.kernels: the C++ matching and resize kernels against their numpy oracles."""
 
 import numpy as np
 import pytest
 
-from kernels import cpu
+from clips4rt import kernels as cpu
 
-native = pytest.mark.skipif(not cpu.HAVE_NATIVE, reason="kernels._cpu is not built")
+native = pytest.mark.skipif(not cpu.HAVE_NATIVE, reason="clips4rt._cpu is not built")
 ISAS = cpu.available_isas() or ["none"]
 
 
@@ -254,7 +254,7 @@ def test_bad_arrays_are_rejected(rng, native_flag):
 
 @native
 def test_extension_checks_its_own_arguments(rng):
-    from kernels import _cpu
+    from clips4rt import _cpu
 
     emb, protos = _unit(rng, 16, 4, 4, axis=0), _unit(rng, 3, 16, axis=1)
     out = [np.empty((4, 4), t) for t in (np.int32, np.float32, np.float32)]

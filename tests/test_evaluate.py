@@ -12,7 +12,7 @@ pytest.importorskip("scipy")
 
 import clips4rt  # noqa: E402
 from train import evaluate as ev  # noqa: E402
-from train.metrics import confusion, summarize  # noqa: E402
+from train.evaluate.metrics import confusion, summarize  # noqa: E402
 from train.toyworld import write_dataset  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def test_modes_report(bundles, toy_dir, mode, tmp_path):
 
 def test_language_mode_equals_segmenter_runs(bundles, toy_dir):
     """The report is the metric of what Segmenter.run returns (no hidden post-processing)."""
-    from train.voc import VOCFolder
+    from train.evaluate.voc import VOCFolder
 
     data = VOCFolder(toy_dir)
     seg = clips4rt.Segmenter(bundles["sclip"])

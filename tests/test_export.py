@@ -142,7 +142,7 @@ def test_fp16_weight_storage(tmp_path, tiny_clip):
 
 def test_export_refuses_a_broken_graph(tmp_path, tiny_clip, monkeypatch):
     """The parity check can fail: a graph that differs from torch is refused."""
-    from train import export
+    from train.export import graphs as export
 
     model, name, mean, std = tiny_clip
     real = export._onnx_export

@@ -4,6 +4,7 @@ typed error or a correct result; never a crash, a hang or another exception type
 import io
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def _check_info(info: B.BundleInfo) -> None:
         v = getattr(info, k)
         vs = v if isinstance(v, tuple) else (v,)
         assert all(not isinstance(x, bool) and math.isfinite(x) and lo <= x <= hi for x in vs)
-    assert info.kind in B.KINDS and info.stride <= info.input_size
+    assert re.fullmatch(B.KIND_PATTERN, info.kind) and info.stride <= info.input_size
     assert Path(info.text_model).name == info.text_model and "/" not in info.text_model
     assert all(isinstance(c, str) for c in info.background_classes + info.known_classes)
     assert all(t.count("{}") == 1 for t in info.prompt_templates)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from train.metrics import confusion, hungarian_match, iou_per_class, summarize
+from train.evaluate.metrics import confusion, hungarian_match, iou_per_class, summarize
 
 
 def test_hand_computed_iou():

@@ -9,7 +9,7 @@ from PIL import Image
 
 import clips4rt
 from clips4rt.images import load_image
-from kernels.cpu import resize_rgb
+from clips4rt.kernels import resize_rgb
 
 CLASSES = ["cat", "dog", "sky", "grass"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import clips4rt
+from clips4rt import kernels as cpu
 from clips4rt.stream import pipelined
-from kernels import cpu
 
 CLASSES = ["cat", "dog", "sky", "grass"]
 

@@ -18,8 +18,8 @@ def test_teacher_loads_through_open_clip_and_knows_the_toy_world():
     import torch
 
     from train import toyworld
-    from train.clip_loader import load_clip
-    from train.pretrain_teacher import presence_recall
+    from train.models.clip_loader import load_clip
+    from train.toyworld.teacher import presence_recall
 
     model, name, _, _ = load_clip(
         model_config=ASSETS / "toy-teacher.json", pretrained=str(ASSETS / "toy-teacher.pt")
@@ -71,9 +71,9 @@ def test_default_bundle_is_the_student_and_beats_its_teacher():
 
     import clips4rt
     from train import toyworld
-    from train.clip_loader import load_clip
+    from train.evaluate.metrics import confusion, summarize
     from train.export import export_dense_clip
-    from train.metrics import confusion, summarize
+    from train.models.clip_loader import load_clip
 
     def miou(seg):
         conf = np.zeros((20, 21), np.int64)

@@ -2,14 +2,13 @@
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from train import toyworld
 from train.toyworld import CLASSES, IGNORE, STUFF, THINGS, UNKNOWN_CLASSES, make_scene
+from train.toyworld import world as toyworld
 
 
 def test_class_lists_and_split():
@@ -98,7 +97,7 @@ def test_region_crop_captions_name_what_the_crop_shows():
     """Teacher pretraining's region crops: square windows of the scene whose caption
     names exactly the classes covering enough of the crop (no class outside it)."""
     pytest.importorskip("torch")
-    from train.pretrain_teacher import region_crop
+    from train.toyworld.teacher import region_crop
 
     rng = np.random.default_rng(0)
     closeups = 0
@@ -128,7 +127,7 @@ def test_region_crop_captions_name_what_the_crop_shows():
 
 def test_average_precision_hand_checked():
     pytest.importorskip("torch")
-    from train.pretrain_teacher import average_precision
+    from train.toyworld.teacher import average_precision
 
     pos = np.array([True, False, True, False])
     assert average_precision(np.array([4.0, 1, 3, 2]), pos) == 1.0  # both positives first
@@ -144,7 +143,7 @@ def test_probe_ap_tells_seen_from_unseen_classes():
     """The linear probe of the teacher report: classes written linearly in the
     features score ~1, classes the features do not carry score ~ their base rate."""
     pytest.importorskip("torch")
-    from train.pretrain_teacher import probe_ap
+    from train.toyworld.teacher import probe_ap
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 8))
@@ -162,7 +161,7 @@ def test_teacher_pretraining_refreshes_its_pool(tmp_path, capsys, monkeypatch):
     pytest.importorskip("open_clip")
     import torch
 
-    from train import pretrain_teacher
+    from train.toyworld import teacher as pretrain_teacher
 
     made = []
     make_scene = toyworld.make_scene
@@ -200,9 +199,9 @@ def test_teacher_pretraining_continues_from_init(tmp_path, capsys):
     pytest.importorskip("open_clip")
     import torch
 
-    from train import pretrain_teacher
+    from train.toyworld import teacher as pretrain_teacher
 
-    assets = Path(pretrain_teacher.REPO) / "train" / "assets"
+    assets = pretrain_teacher.ASSETS
     args = ["--steps", "1", "--batch", "4", "--pool", "8", "--heldout", "20", "--lr", "1e-12"]
     args += ["--init", str(assets / "toy-teacher.pt"), "--config", str(assets / "toy-teacher.json")]
     assert pretrain_teacher.main([*args, "--out", str(tmp_path / "a")]) == 0

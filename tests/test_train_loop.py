@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 from train.__main__ import main  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.loop import train  # noqa: E402
+from train.method.config import load_config  # noqa: E402
+from train.method.loop import train  # noqa: E402
 
 TINY = ["--toy_pool=12", "--batch=3", "--image_size=64", "--teacher_size=96", "--segments=4",
         "--log_every=1", "--ckpt_every=2", "--unknown_prototypes=2", "--unknown_refresh=1",
@@ -50,7 +50,7 @@ def test_resume_refuses_another_config(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from train import loop
+    from train.method import loop
 
     cfg = _cfg(tmp_path, "--steps=6")
     train(cfg, stop_after=2)
@@ -111,9 +111,9 @@ def test_bad_inputs(tmp_path, capsys):
 
 
 def test_numeric_options_are_checked_before_the_teacher_loads(tmp_path, capsys, monkeypatch):
-    import train.loop
+    import train.method.loop
 
-    monkeypatch.setattr(train.loop, "Teacher", lambda *a: pytest.fail("teacher loaded"))
+    monkeypatch.setattr(train.method.loop, "Teacher", lambda *a: pytest.fail("teacher loaded"))
     for bad, field in (("--steps=0", "steps"), ("--steps=-5", "steps"),
                        ("--ckpt_every=0", "ckpt_every"), ("--log_every=0", "log_every"),
                        ("--batch=0", "batch"), ("--lr=nan", "lr"), ("--segments=1", "segments"),
@@ -126,7 +126,7 @@ def test_numeric_options_are_checked_before_the_teacher_loads(tmp_path, capsys, 
 def test_image_folder_skips_corrupt_files(tmp_path):
     from PIL import Image
 
-    from train.data import FolderSource
+    from train.method.data import FolderSource
 
     d = tmp_path / "imgs" / "sub"
     d.mkdir(parents=True)
@@ -172,7 +172,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
 
 
 def test_batch_must_split_over_processes(tmp_path, monkeypatch):
-    from train import distributed
+    from train.method import distributed
 
     monkeypatch.setattr(distributed, "setup", lambda: (0, 3, torch.device("cpu")))
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
@@ -182,7 +182,7 @@ def test_batch_must_split_over_processes(tmp_path, monkeypatch):
 def test_help_lists_every_config_field(capsys):
     from dataclasses import fields
 
-    from train.config import TrainConfig
+    from train.method.config import TrainConfig
 
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -190,3 +190,52 @@ def test_help_lists_every_config_field(capsys):
     for f in fields(TrainConfig):
         assert f"--{f.name}={f.default}" in out, f.name
     assert "--overwrite" in out and "checkpoints kept (0 = all)" in out
+
+
+def test_student_is_trained_and_exported_with_the_teachers_statistics(tmp_path, monkeypatch):
+    """A teacher whose image statistics are not OpenAI's: training normalises the views
+    with them, the checkpoint records them, the bundle normalises with them."""
+    import json
+
+    import train.method.loop as loop
+    from train import ASSETS
+    from train.export import export_student
+
+    mean, std = (0.3, 0.6, 0.2), (0.4, 0.2, 0.3)
+    cfg = json.loads((ASSETS / "toy-teacher.json").read_text())
+    cfg["preprocess_cfg"] = {"mean": list(mean), "std": list(std)}
+    config = tmp_path / "toy-teacher-stats.json"
+    config.write_text(json.dumps(cfg))
+    seen = []
+    real = loop._views
+
+    def spy(images, boxes, jitter, cfg_, device, m, s):
+        seen.append((tuple(m), tuple(s)))
+        return real(images, boxes, jitter, cfg_, device, m, s)
+
+    monkeypatch.setattr(loop, "_views", spy)
+    last = train(_cfg(tmp_path / "run", "--steps=1", f"--model_config={config}"))
+    assert seen and all(x == (mean, std) for x in seen)
+    ckpt = torch.load(last, weights_only=True)
+    assert tuple(ckpt["teacher"]["mean"]) == mean and tuple(ckpt["teacher"]["std"]) == std
+    info, errs = export_student(last, tmp_path / "s.onnx")
+    assert info.mean == mean and info.std == std and all(e <= 1e-3 for e in errs.values())
+
+
+def test_views_normalise_with_the_given_statistics():
+    from train.method.augment import AugmentConfig, jitter_params, sample_boxes
+    from train.method.loop import _views
+
+    cfg = load_config("toy", TINY)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8, generator=gen)
+    aug = AugmentConfig(size=cfg.image_size)
+    boxes, jit = sample_boxes(2, aug, gen), jitter_params(2, aug, gen)
+    a = _views(images, boxes, jit, cfg, "cpu", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    b = _views(images, boxes, jit, cfg, "cpu", (0.1, 0.2, 0.3), (0.5, 1.0, 2.0))
+    pixels_a = a * 0.25 + 0.5
+    pixels_b = b * torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1) + torch.tensor(
+        [0.1, 0.2, 0.3]
+    ).view(1, 3, 1, 1)
+    torch.testing.assert_close(pixels_a, pixels_b, atol=1e-5, rtol=0)
+    assert not torch.allclose(a, b)

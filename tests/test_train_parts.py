@@ -6,10 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from train import augment as A  # noqa: E402
-from train.config import TrainConfig, load_config  # noqa: E402
-from train.losses import contrastive_loss, embedding_consistency, semantic_consistency  # noqa: E402
-from train.segments import kmeans_segments, segment_means  # noqa: E402
+from train.method import augment as A  # noqa: E402
+from train.method.config import TrainConfig, load_config  # noqa: E402
+from train.method.losses import contrastive_loss, embedding_consistency, semantic_consistency  # noqa: E402
+from train.method.segments import segment_means, spherical_kmeans  # noqa: E402
 
 
 def test_identity_box_reproduces_the_image():
@@ -71,7 +71,7 @@ def test_kmeans_separates_clear_clusters():
     d = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
     lab = torch.randint(0, 3, (2, 60))
     z = torch.nn.functional.normalize(d[lab] + 0.05 * torch.randn(2, 60, 16), dim=-1)
-    seg = kmeans_segments(z, 3, gen=torch.Generator().manual_seed(0))
+    seg = spherical_kmeans(z, 3, gen=torch.Generator().manual_seed(0))[0]
     for b in range(2):  # same partition up to relabelling
         pairs = set(zip(lab[b].tolist(), seg[b].tolist()))
         assert len(pairs) == 3
@@ -132,7 +132,7 @@ def test_config_presets_and_overrides(tmp_path):
 
 
 def test_unknown_prototypes_learn_the_unexplained_clusters():
-    from train.prototypes import UnknownPrototypes
+    from train.method.prototypes import UnknownPrototypes
 
     g = torch.Generator().manual_seed(0)
     basis = torch.eye(8)
@@ -162,7 +162,7 @@ def test_unknown_prototypes_in_text_space_cross_the_modality_gap():
     """space="text": a centroid c is used as normalize(c - mean image feature + mean
     known text prototype). Hand-checked on axes: text prototypes lean on axis 6, image
     features on axis 7, and the one cluster no known class explains is axis 2."""
-    from train.prototypes import UnknownPrototypes
+    from train.method.prototypes import UnknownPrototypes
 
     with pytest.raises(ValueError, match="'image' or 'text'"):
         UnknownPrototypes(count=1, dim=8, space="pixels")
@@ -203,7 +203,7 @@ def test_students_give_unit_embeddings_at_their_stride(backbone, stride):
         pytest.importorskip("open_clip")
         from pathlib import Path
 
-        from train.clip_loader import load_clip
+        from train.models.clip_loader import load_clip
 
         cfg = Path(__file__).resolve().parents[1] / "train" / "assets" / "toy-teacher.json"
         visual = load_clip(model_config=cfg)[0].visual  # patch 8 -> student stride 4

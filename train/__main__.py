@@ -10,7 +10,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from train.config import config_help, load_config
+    from train.method.config import config_help, load_config
 
     p = argparse.ArgumentParser(
         prog="python -m train",
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     try:
         cfg = load_config(args.preset, rest)
-        from train import distributed
-        from train.loop import train
+        from train.method import distributed
+        from train.method.loop import train
 
         try:
             last = train(cfg, resume=args.resume, overwrite=args.overwrite)

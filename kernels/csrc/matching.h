@@ -5,7 +5,7 @@
 
 namespace clips4rt {
 
-// What match_upsample computes (the numpy oracle is kernels/cpu.py:
+// What match_upsample computes (the numpy oracle is clips4rt/kernels.py:
 // match_upsample_reference):
 //   emb (D, h, w) float32 pixel embeddings, protos (K, D) float32 prototypes;
 //   c_k = protos[k] . emb[:, y, x] on the (h, w) grid;

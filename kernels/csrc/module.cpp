@@ -1,4 +1,4 @@
-// nanobind bindings of the runtime's CPU ops (private module kernels._cpu).
+// nanobind bindings of the runtime's CPU ops (private module clips4rt._cpu).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -95,7 +95,7 @@ static void blend_labels(In<std::uint8_t, nb::ndim<3>> image, In<std::int32_t, n
 }
 
 NB_MODULE(_cpu, m) {
-  m.doc() = "clips4rt CPU kernels (use kernels.cpu, not this module)";
+  m.doc() = "clips4rt CPU kernels (use clips4rt.kernels, not this module)";
   // noconvert: a wrong dtype or a strided view is a TypeError, never a silent copy
   m.def("match_upsample", &match_upsample, nb::arg("emb").noconvert(),
         nb::arg("protos").noconvert(), nb::arg("logit_scale"), nb::arg("labels").noconvert(),

@@ -6,15 +6,35 @@ The last transformer block is replaced by a training-free dense variant
 softmax(kk^T) attention, residual kept, no FFN). ``ln_post`` and ``proj`` are
 applied to every patch token. Both modules are export-ready: no data-dependent
 Python branches, positional embeddings interpolated in the graph.
+
+The modes are a registry (``DENSE_MODES``, name -> last-block function): a new mode is
+one function under ``@dense_mode("name")``; the exporter writes its name as the
+bundle's ``kind`` and the runtime, which never branches on it, needs no change.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-DENSE_MODES = ("maskclip", "clearclip", "sclip")
+#: name -> f(block, tokens (B, L, C)) -> tokens: the last block's dense replacement
+DENSE_MODES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {}
+
+
+def dense_mode(name: str):
+    """Register the decorated ``f(block, x)`` as the dense mode ``name``."""
+    if not re.fullmatch(r"[a-z][a-z0-9_.+-]{0,31}", name) or name == "clip-s4":
+        raise ValueError(f"dense mode name {name!r}: lower-case letters, digits, _.+- only")
+
+    def register(fn):
+        DENSE_MODES[name] = fn
+        return fn
+
+    return register
 
 
 def _attn_params(blk: nn.Module):
@@ -61,6 +81,41 @@ def block_forward(blk: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | Non
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
+@dense_mode("maskclip")
+def _maskclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Value path only (each token attends to itself), residual and FFN kept."""
+    w_in, b_in, out_proj, _ = _attn_params(blk)
+    C = x.shape[-1]
+    v = F.linear(blk.ln_1(x), w_in[2 * C :], None if b_in is None else b_in[2 * C :])
+    x = x + blk.ls_1(out_proj(v))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+def _self_attention(blk: nn.Module, x: torch.Tensor, keys: bool) -> torch.Tensor:
+    """out_proj(softmax(qq^T) v [+ softmax(kk^T) v]): q-q (and k-k) attention."""
+    w_in, b_in, out_proj, heads = _attn_params(blk)
+    y = blk.ln_1(x)
+    B, L, C = y.shape
+    q, k, v = (_heads(t, heads) for t in F.linear(y, w_in, b_in).chunk(3, dim=-1))
+    scale = (C // heads) ** -0.5
+    attn = torch.softmax(q @ q.transpose(-1, -2) * scale, dim=-1)
+    if keys:
+        attn = attn + torch.softmax(k @ k.transpose(-1, -2) * scale, dim=-1)
+    return out_proj((attn @ v).transpose(1, 2).reshape(B, L, C))
+
+
+@dense_mode("clearclip")
+def _clearclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """softmax(qq^T) attention, no residual, no FFN."""
+    return _self_attention(blk, x, keys=False)
+
+
+@dense_mode("sclip")
+def _sclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """softmax(qq^T) + softmax(kk^T) attention, residual kept, no FFN."""
+    return x + blk.ls_1(_self_attention(blk, x, keys=True))
+
+
 class DenseCLIPImage(nn.Module):
     """uint8 (B, H, W, 3) RGB -> float32 (B, D, H/p, W/p) unit-length embeddings.
 
@@ -71,7 +126,7 @@ class DenseCLIPImage(nn.Module):
     def __init__(self, visual: nn.Module, mode: str, mean, std):
         super().__init__()
         if mode not in DENSE_MODES:
-            raise ValueError(f"unknown dense mode {mode!r}; choose one of {DENSE_MODES}")
+            raise ValueError(f"unknown dense mode {mode!r}; choose one of {tuple(DENSE_MODES)}")
         if not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
             raise ValueError(f"{type(visual).__name__} is not an open_clip VisionTransformer")
         if getattr(visual, "attn_pool", None) is not None or visual.proj is None:
@@ -94,22 +149,6 @@ class DenseCLIPImage(nn.Module):
         grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
         return torch.cat([pos[:1], grid.flatten(2).transpose(1, 2)[0]], dim=0)
 
-    def _last_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        w_in, b_in, out_proj, heads = _attn_params(blk)
-        y = blk.ln_1(x)
-        B, L, C = y.shape
-        if self.mode == "maskclip":
-            v = F.linear(y, w_in[2 * C :], None if b_in is None else b_in[2 * C :])
-            x = x + blk.ls_1(out_proj(v))
-            return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-        q, k, v = (_heads(t, heads) for t in F.linear(y, w_in, b_in).chunk(3, dim=-1))
-        scale = (C // heads) ** -0.5
-        attn = torch.softmax(q @ q.transpose(-1, -2) * scale, dim=-1)
-        if self.mode == "sclip":
-            attn = attn + torch.softmax(k @ k.transpose(-1, -2) * scale, dim=-1)
-        o = out_proj((attn @ v).transpose(1, 2).reshape(B, L, C))
-        return o if self.mode == "clearclip" else x + blk.ls_1(o)
-
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         v = self.visual
         x = image.permute(0, 3, 1, 2).to(self.mean.dtype)
@@ -123,7 +162,7 @@ class DenseCLIPImage(nn.Module):
         blocks = v.transformer.resblocks
         for blk in blocks[:-1]:
             x = block_forward(blk, x)
-        x = self._last_block(blocks[-1], x)
+        x = DENSE_MODES[self.mode](blocks[-1], x)
         x = v.ln_post(x[:, 1:]) @ v.proj
         x = F.normalize(x.float(), dim=-1)
         return x.transpose(1, 2).reshape(B, -1, h, w)

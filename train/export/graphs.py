@@ -290,8 +290,9 @@ def export_student(
 ):
     """Export a CLIP-S4 training checkpoint: the student image graph + the teacher's
     text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash)."""
-    from train.clip_loader import load_clip
-    from train.config import TrainConfig
+    from train import resolve_path
+    from train.method.config import TrainConfig
+    from train.models.clip_loader import load_clip
     from train.models.dense_clip import CLIPText
     from train.models.student import UInt8Input, build_student
 
@@ -300,7 +301,13 @@ def export_student(
     if "model_hash" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a clips4rt training checkpoint (python -m train)")
     cfg = TrainConfig(**ckpt["config"])
-    model, name, mean, std = load_clip(cfg.clip, cfg.pretrained, cfg.model_config)
+    model, name, mean, std = load_clip(
+        cfg.clip, resolve_path(cfg.pretrained), resolve_path(cfg.model_config)
+    )
+    # the statistics the student was trained with (the teacher's, recorded in the
+    # checkpoint): the bundle normalises pixels exactly as training did
+    mean = tuple(float(v) for v in ckpt["teacher"].get("mean", mean))
+    std = tuple(float(v) for v in ckpt["teacher"].get("std", std))
     student = build_student(
         cfg.backbone,
         int(model.visual.output_dim),
@@ -368,13 +375,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.clip_loader import load_clip
+    from train.models.clip_loader import load_clip
     from train.models.dense_clip import DENSE_MODES
 
     args = _parser().parse_args(argv)
     if args.dense not in DENSE_MODES:
         print(
-            f"error: unknown --dense {args.dense!r}; choose one of {DENSE_MODES}", file=sys.stderr
+            f"error: unknown --dense {args.dense!r}; choose one of {tuple(DENSE_MODES)}",
+            file=sys.stderr,
         )
         return 2
     background = tuple(c.strip() for c in args.background.split(",") if c.strip())

@@ -13,7 +13,7 @@ arithmetic):
 - background rule: ``labels = -1`` where ``labels >= n_classes`` (prototypes after
   the first ``n_classes`` are background names) or ``probs < threshold``.
 
-The C++ kernel (``kernels._cpu``) computes all of it in float32 with SIMD (AVX-512,
+The C++ kernel (``clips4rt._cpu``) computes all of it in float32 with SIMD (AVX-512,
 AVX2 or a portable build, chosen at run time; see ``available_isas``), threaded,
 with the GIL released, and without materialising the (K, H, W) maps.
 ``match_upsample_reference`` is the numpy oracle of the same semantics, in float64.
@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 try:  # the extension is optional: a source checkout without a build still works
-    from kernels import _cpu  # type: ignore[attr-defined]
+    from clips4rt import _cpu  # type: ignore[attr-defined]
 
     HAVE_NATIVE = True
 except ImportError:  # pragma: no cover - exercised when the extension is absent
@@ -187,7 +187,7 @@ def match_upsample(
         r = match_upsample_reference(emb, protos, out_size, logit_scale, n_classes, threshold)
         return (r[0], None, None) if labels_only else r
     if not HAVE_NATIVE:
-        raise RuntimeError("kernels._cpu is not built: reinstall with `pip install -e .`")
+        raise RuntimeError("clips4rt._cpu is not built: reinstall with `pip install -e .`")
     _check(emb, protos, out_size, n_classes)
     H, W = int(out_size[0]), int(out_size[1])
     want = (np.int32, None, None) if labels_only else (np.int32, np.float32, np.float32)

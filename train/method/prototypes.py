@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from train.method.segments import spherical_kmeans
+
 
 def text_prototypes(encode_text, tokenize, classes, templates) -> torch.Tensor:
     """(K, D) unit prototypes: per class, mean of unit prompt embeddings, re-normalised."""
@@ -79,11 +81,10 @@ class UnknownPrototypes:
     def refresh(self) -> None:
         from scipy.optimize import linear_sum_assignment
 
-        from train.evaluate import spherical_kmeans
-
         if len(self.memory) < 4 * self.count:
             return
-        cent = torch.from_numpy(spherical_kmeans(self.memory.numpy(), self.count, seed=self.seed))
+        gen = torch.Generator().manual_seed(self.seed)
+        cent = spherical_kmeans(self.memory[None], self.count, 30, "kmeans++", gen)[1][0]
         if len(self.protos) == self.count:
             rows, cols = linear_sum_assignment((self.protos @ cent.T).numpy(), maximize=True)
             cent = cent[cols[np.argsort(rows)]]

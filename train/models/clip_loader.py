@@ -8,12 +8,12 @@ tiny configs of the tests and the toy world share one code path.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from clips4rt.bundle import OPENAI_MEAN, OPENAI_STD
 
 
 def load_clip(
@@ -30,7 +30,9 @@ def load_clip(
             or a local checkpoint path; None = random weights.
         model_config: an open_clip-style model config JSON file (keys
             ``embed_dim``, ``vision_cfg``, ``text_cfg``); its file stem becomes
-            the model name. Exclusive with ``name``.
+            the model name. Exclusive with ``name``. An optional ``preprocess_cfg``
+            (``{"mean": [...], "std": [...]}``, as in open_clip_config.json) sets the
+            image statistics when they are not OpenAI's.
 
     Returns:
         (model, name, mean, std): the model, the resolved name, and its
@@ -38,6 +40,7 @@ def load_clip(
     """
     import open_clip
 
+    preprocess = None
     if (name is None) == (model_config is None):
         raise ValueError("give exactly one of --clip NAME or --model-config FILE.json")
     if model_config is not None:
@@ -51,8 +54,14 @@ def load_clip(
         missing = {"embed_dim", "vision_cfg", "text_cfg"} - set(cfg)
         if missing:
             raise ValueError(f"{path}: an open_clip model config needs keys {sorted(missing)}")
-        open_clip.add_model_config(path)
         name = path.stem
+        preprocess = cfg.pop("preprocess_cfg", None)  # as in open_clip_config.json
+        if preprocess is not None and not isinstance(preprocess, dict):
+            raise ValueError(f"{path}: preprocess_cfg must be an object like {{'mean': [...]}}")
+        with tempfile.TemporaryDirectory() as tmp:  # open_clip reads the config from a file
+            clean = Path(tmp) / path.name
+            clean.write_text(json.dumps(cfg))
+            open_clip.add_model_config(clean)
     elif name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower() in m.lower()][:10]
         raise ValueError(
@@ -68,11 +77,19 @@ def load_clip(
         if not Path(pretrained).is_file():
             raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        model = open_clip.create_model(
+            name, pretrained=pretrained, device=device, force_preprocess_cfg=preprocess
+        )
     except RuntimeError as e:
         raise ValueError(f"cannot create {name!r} with pretrained={pretrained!r}: {e}") from e
     model.eval()
+    return (model, name, *preprocess_stats(model))
+
+
+def preprocess_stats(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std), 0-1 RGB, of an open_clip CLIP's image preprocessing (its config's
+    ``preprocess_cfg``; OpenAI's when the config names none)."""
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(float(v) for v in pre.get("mean", OPENAI_MEAN))
     std = tuple(float(v) for v in pre.get("std", OPENAI_STD))
-    return model, name, mean, std
+    return mean, std

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from clips4rt.images import IMAGE_SUFFIXES
 
 
 class VOCFolder:
@@ -39,7 +39,7 @@ class VOCFolder:
             ids = [i.strip() for i in ids_file.read_text().splitlines() if i.strip()]
             self.images = [self._find(img_dir, i) for i in ids]
         else:
-            self.images = sorted(p for p in img_dir.glob("*") if p.suffix.lower() in IMAGE_EXTS)
+            self.images = sorted(p for p in img_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if limit is not None:
             self.images = self.images[:limit]
         if not self.images:
@@ -49,7 +49,7 @@ class VOCFolder:
 
     @staticmethod
     def _find(img_dir: Path, image_id: str) -> Path:
-        for ext in IMAGE_EXTS:
+        for ext in IMAGE_SUFFIXES:
             if (img_dir / f"{image_id}{ext}").is_file():
                 return img_dir / f"{image_id}{ext}"
         raise FileNotFoundError(f"image {image_id} listed but not found in {img_dir}")

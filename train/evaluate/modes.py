@@ -22,17 +22,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import clips4rt
-from kernels.cpu import match_upsample
-from train.metrics import confusion, hungarian_match, summarize
-from train.voc import VOCFolder
-
-
-def _working(seg, image, size):
-    hh, ww = seg.working_size(*image.shape[:2], size)
-    return seg._resize(image, hh, ww)
+from clips4rt.kernels import match_upsample
+from train.evaluate.metrics import confusion, hungarian_match, summarize
+from train.evaluate.voc import VOCFolder
+from train.method.segments import spherical_kmeans
 
 
 def eval_language(seg, data, classes, size=None, templates=None, batch=16) -> np.ndarray:
@@ -56,26 +53,7 @@ def eval_language(seg, data, classes, size=None, templates=None, batch=16) -> np
 def _embeddings(seg, data, indices, size):
     for i in indices:
         image, mask = data.load(i)
-        yield seg.embed(_working(seg, image, size)[None])[0], image, mask
-
-
-def spherical_kmeans(x: np.ndarray, k: int, iters: int = 30, seed: int = 0) -> np.ndarray:
-    """(k, D) unit centroids of unit vectors x (N, D); k-means++-style seeding."""
-    rng = np.random.default_rng(seed)
-    cent = [x[rng.integers(len(x))]]
-    for _ in range(1, k):
-        d = 1 - np.max(x @ np.stack(cent).T, axis=1)
-        p = np.maximum(d, 0) ** 2
-        cent.append(x[rng.choice(len(x), p=p / p.sum()) if p.sum() > 0 else rng.integers(len(x))])
-    c = np.stack(cent)
-    for _ in range(iters):
-        assign = np.argmax(x @ c.T, axis=1)
-        for j in range(k):
-            members = x[assign == j]
-            if len(members):
-                m = members.sum(0)
-                c[j] = m / max(np.linalg.norm(m), 1e-12)
-    return c.astype(np.float32)
+        yield seg.embed_image(image, size), image, mask
 
 
 def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.ndarray:
@@ -87,7 +65,9 @@ def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.nda
     ):
         f = emb.reshape(emb.shape[0], -1).T
         feats.append(f[rng.choice(len(f), min(per_image, len(f)), replace=False)])
-    cent = spherical_kmeans(np.concatenate(feats), n, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(np.concatenate(feats))[None]
+    cent = spherical_kmeans(x, n, 30, "kmeans++", gen)[1][0].numpy()
     conf = np.zeros((n, n + 1), np.int64)
     for emb, image, mask in tqdm(
         _embeddings(seg, data, range(len(data)), size), total=len(data), desc="assign", unit="img"
@@ -103,7 +83,6 @@ def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.nda
 
 
 def eval_probe(seg, data, n, size=None, epochs=300, seed=0) -> np.ndarray:
-    import torch
     import torch.nn.functional as F
     from PIL import Image
 
@@ -164,7 +143,7 @@ def evaluate(
     image_set=None,
     threads=None,
 ) -> dict:
-    """Run one evaluation; returns the report dict (see ``train.metrics.summarize``).
+    """Run one evaluation; returns the report dict (see ``train.evaluate.metrics.summarize``).
     ``threads``: CPU threads of the runtime (default: onnxruntime's choice)."""
     data = VOCFolder(data_dir, image_set=image_set, limit=limit)
     seg = clips4rt.Segmenter(model, threads=threads)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import random
 import time
@@ -24,15 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train import augment as A
 from train import checkpoint as C
-from train import distributed as D
-from train.config import TrainConfig
-from train.losses import contrastive_loss, embedding_consistency, semantic_consistency
-from train.segments import kmeans_segments, segment_means
-
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+from train import resolve_path
+from train.method import augment as A
+from train.method import distributed as D
+from train.method.config import TrainConfig
+from train.method.losses import contrastive_loss, embedding_consistency, semantic_consistency
+from train.schedule import warmup_cosine
+from train.method.segments import segment_means, spherical_kmeans
 
 
 def read_classes(spec: str) -> list[str]:
@@ -40,10 +38,10 @@ def read_classes(spec: str) -> list[str]:
         from train.toyworld import KNOWN_CLASSES
 
         return list(KNOWN_CLASSES)
-    path = Path(spec)
+    path = Path(resolve_path(spec))
     if not path.is_file():
-        raise FileNotFoundError(f"known-class file not found: {path}; set --known_classes=FILE")
-    from clips4rt.segmenter import check_classes
+        raise FileNotFoundError(f"known-class file not found: {spec}; set --known_classes=FILE")
+    from clips4rt.prompts import check_classes
 
     names = [n.strip() for n in path.read_text().splitlines()]
     if any(not n for n in names):
@@ -59,11 +57,13 @@ class Teacher:
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
-        from train.clip_loader import load_clip
+        from train.method.prototypes import text_prototypes
+        from train.models.clip_loader import load_clip
         from train.models.dense_clip import DenseCLIPImage
-        from train.prototypes import text_prototypes
 
-        model, self.name, mean, std = load_clip(cfg.clip, cfg.pretrained, cfg.model_config)
+        model, self.name, mean, std = load_clip(
+            cfg.clip, resolve_path(cfg.pretrained), resolve_path(cfg.model_config)
+        )
         self.model = model.to(device).eval().requires_grad_(False)
         self.dense = DenseCLIPImage(model.visual, cfg.teacher_dense, mean, std).to(device)
         self.mean, self.std = mean, std
@@ -83,11 +83,14 @@ class Teacher:
         return self.dense(images)
 
 
-def _views(images, boxes, jitter, cfg, device):
-    """Augmented, normalised views (B, 3, s, s) of uint8 full images."""
+def _views(images, boxes, jitter, cfg, device, mean, std):
+    """Augmented views (B, 3, s, s) of uint8 full images, normalised with ``mean``/``std``
+    (0-1 RGB): the teacher's statistics, which the export writes into the bundle, so
+    the deployed student sees its pixels as in training."""
     x = images.permute(0, 3, 1, 2).float().div(255)
     v = A.jitter(A.warp(x, A.grids(boxes, cfg.image_size, cfg.image_size)), jitter)
-    return ((v - MEAN) / STD).to(device)
+    mean, std = (torch.tensor(t, dtype=v.dtype).view(1, 3, 1, 1) for t in (mean, std))
+    return ((v - mean) / std).to(device)
 
 
 def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, world=1) -> dict:
@@ -110,12 +113,12 @@ def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, wor
     zs, v_views, t_views, own = [], [], [], []
     offset = 0
     for bx, jp, seed in zip(boxes, jits, seeds):
-        z = student(_views(local, bx, jp, cfg, device))  # (b, D, h, w)
+        z = student(_views(local, bx, jp, cfg, device, teacher.mean, teacher.std))  # (b, D, h, w)
         h, w = z.shape[-2:]
         t = F.normalize(A.warp(t_full, A.grids(bx, h, w).to(device)), dim=1)
         zf, tf = z.flatten(2).transpose(1, 2).float(), t.flatten(2).transpose(1, 2).float()
         first = (seed * h * w).long().clamp(max=h * w - 1)
-        lab = kmeans_segments(zf.detach(), k, first=first).to(device)
+        lab = spherical_kmeans(zf.detach(), k, first=first)[0].to(device)
         v, counts = segment_means(zf, lab, k)
         tm, _ = segment_means(tf, lab, k)
         valid = counts.reshape(-1) > 0
@@ -339,9 +342,9 @@ def train(
         raise ValueError("--resume continues the run in --out, --overwrite starts over: pick one")
     from tqdm import tqdm
 
-    from train.data import make_source
+    from train.method.data import make_source
+    from train.method.prototypes import UnknownPrototypes
     from train.models.student import build_student
-    from train.prototypes import UnknownPrototypes
 
     rank, world, device = D.setup()
     if cfg.batch % world:
@@ -387,13 +390,7 @@ def train(
         else None
     )
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
-        ),
-    )
+    sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
     step = 0
     if resume:
         ckpt_path, ckpt = _load_resume(out)

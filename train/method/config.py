@@ -6,6 +6,11 @@ Unknown keys, unknown presets and values of the wrong type are errors that name 
 The resolved config is saved in every checkpoint; ``model_hash`` covers the fields
 that shape the model and the losses, so ``--resume`` refuses a checkpoint from another
 configuration.
+
+The defaults are the ``toy`` preset (a test keeps them equal). File paths (teacher
+config and checkpoint, class list) are used as given when they exist from the working
+directory, else relative to the checkout (``train.resolve_path``), so the presets'
+``train/assets/...`` work from any directory.
 """
 
 from __future__ import annotations
@@ -32,15 +37,15 @@ class TrainConfig:
     clip: str | None = None
     model_config: str | None = "train/assets/toy-teacher.json"
     pretrained: str | None = "train/assets/toy-teacher.pt"
-    teacher_dense: str = "maskclip"
+    teacher_dense: str = "sclip"
     known_classes: str = "toy"  # "toy" or a text file, one class name a line
     templates: str = "simple"  # simple | imagenet
     # student
-    backbone: str = "resnet18"
+    backbone: str = "resnet10t"
     stride: int = 8
     decoder_width: int = 128
     decoder_norm: str = "bn"  # bn | gn
-    top_stride: int = 32  # deepest CNN stage the FPN uses: 32, or 16 (no last stage)
+    top_stride: int = 16  # deepest CNN stage the FPN uses: 32, or 16 (no last stage)
     imagenet_init: bool = False
     # losses
     segments: int = 8  # k-means segments per view
@@ -51,12 +56,12 @@ class TrainConfig:
     unknown_prototypes: int = 8  # 0 switches them off
     unknown_threshold: float = 0.5
     unknown_refresh: int = 25
-    unknown_space: str = "image"  # image | text (train/prototypes.py)
+    unknown_space: str = "image"  # image | text (train/method/prototypes.py)
     student_scale: float = 50.0
     teacher_scale: float = 50.0
     # optimisation
-    steps: int = 600
-    batch: int = 32
+    steps: int = 500
+    batch: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 30
@@ -177,7 +182,8 @@ def config_help() -> str:
 
 
 def load_config(preset: str | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Preset JSON (``train/presets/<name>.json`` or a path) + ``key=value`` overrides."""
+    """Preset JSON (``train/method/presets/<name>.json`` or a path) + ``key=value``
+    overrides."""
     known = {f.name: f for f in fields(TrainConfig)}
     values: dict = {}
     if preset is not None:

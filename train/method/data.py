@@ -1,7 +1,7 @@
 """Unlabeled training images: the toy-world generator or a folder of image files.
 
 Both give uint8 (B, S, S, 3) RGB batches of full images (S = ``teacher_size``); the
-two augmented views are cut from them in the loop (``train.augment``).
+two augmented views are cut from them in the loop (``train.method.augment``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from clips4rt.images import IMAGE_SUFFIXES
 
 
 def _square(img: np.ndarray, size: int) -> np.ndarray:
@@ -52,10 +52,10 @@ class FolderSource:
             raise FileNotFoundError(
                 f"image folder not found: {self.root}; set --data=/path/to/images"
             )
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise ValueError(
-                f"no image files ({', '.join(IMAGE_EXTS)}) under {self.root}: "
+                f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {self.root}: "
                 "point --data at a folder of images"
             )
         self.size = size

@@ -1,0 +1,5 @@
+import sys
+
+from train.evaluate.modes import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from train.export.graphs import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from train.toyworld.world import main
+
+sys.exit(main())

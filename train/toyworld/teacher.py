@@ -1,0 +1,473 @@
+"""Pretrain the toy-world CLIP teacher: a small open_clip CLIP, contrastive on toy
+scenes and their captions, on the CPU.
+
+    python -m train.toyworld.teacher --out train/assets            # ~25 min on 2 cores
+
+Real open_clip model code and BPE tokenizer; the model config is an open_clip JSON
+(``train/configs/toy-teacher.json``). Writes ``<out>/toy-teacher.pt`` (open_clip
+state dict, float16 to stay small) and ``<out>/toy-teacher.json`` (the config), which
+load through the same path as real weights:
+
+    python -m train.export --model-config train/assets/toy-teacher.json \\
+        --pretrained train/assets/toy-teacher.pt --dense sclip -o toy.onnx
+
+Reports, on held-out scenes: zero-shot "which classes are present" recall@k (k = the
+number of classes present), zero-shot presence AP for stuff and things against the
+things' base rate, and the things AP of a linear probe on the image embeddings (does
+the image encoder see things at all?). ``--measure CKPT`` reports on any checkpoint.
+
+Fixed pool or fresh scenes: by default the ``--pool`` scenes are made once, and a few
+thousand steps memorise their captions; ``--refresh N`` replaces N pool scenes with
+never-seen ones every step (``--workers`` processes make them while a step trains,
+for a GPU machine). The committed teacher is the fixed-pool recipe above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import multiprocessing
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clips4rt.bundle import OPENAI_MEAN, OPENAI_STD
+from train import ASSETS, CONFIGS
+from train.schedule import warmup_cosine
+from train.models.clip_loader import preprocess_stats
+from train.toyworld import world as toyworld
+
+DEFAULT_CONFIG = CONFIGS / "toy-teacher.json"
+TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # scene seeds; evaluation sets use other seeds
+
+
+def _images(scenes, size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
+    """uint8 scenes (or HxWx3 uint8 arrays) -> float (B, 3, size, size), normalised with
+    ``mean``/``std`` (the teacher's, 0-1 RGB). Arrays of one shape are resized together
+    (region crops come in many sizes)."""
+    arrays = [getattr(s, "image", s) for s in scenes]
+    x = torch.empty(len(arrays), 3, size, size)
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.shape, []).append(i)
+    for idx in groups.values():
+        batch = torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2)
+        x[idx] = F.interpolate(
+            batch.float() / 255, size=(size, size), mode="bilinear", antialias=True,
+            align_corners=False,
+        )  # fmt: skip
+    mean, std = (torch.tensor(t).view(1, 3, 1, 1) for t in (mean, std))
+    return (x - mean) / std
+
+
+def region_crop(scene, rng: np.random.Generator, min_frac: float = 0.02):
+    """A square crop of ``scene`` and a caption naming only what the crop shows.
+
+    Half the time the crop is centred on one of the scene's things, 1.5-3x its extent
+    (close-ups, like single-object web photos), else a random box of 35-100% of the side.
+    A class is named when it covers at least ``min_frac`` of the crop and
+    ``toyworld.MIN_VISIBLE`` scaled pixels. Returns (uint8 crop, caption)."""
+    mask = scene.mask
+    H, W = mask.shape
+    things = [c for c in scene.classes if c in toyworld.THINGS]
+    if things and rng.random() < 0.5:
+        ys, xs = np.nonzero(mask == toyworld.CLASSES.index(things[rng.integers(len(things))]))
+        extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        side = int(np.clip(extent * rng.uniform(1.5, 3.0), 24, H))
+        cy = (ys.min() + ys.max()) / 2 + rng.uniform(-0.2, 0.2) * extent
+        cx = (xs.min() + xs.max()) / 2 + rng.uniform(-0.2, 0.2) * extent
+    else:
+        side = int(rng.uniform(0.35, 1.0) * H)
+        cy, cx = rng.uniform(side / 2, H - side / 2), rng.uniform(side / 2, W - side / 2)
+    y0 = int(np.clip(round(cy - side / 2), 0, H - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, W - side))
+    crop = mask[y0 : y0 + side, x0 : x0 + side]
+    need = max(min_frac * side * side, toyworld.MIN_VISIBLE * (side / H) ** 2)
+    ids, counts = np.unique(crop, return_counts=True)
+    present = [
+        toyworld.CLASSES[i] for i, n in zip(ids, counts) if i != toyworld.IGNORE and n >= need
+    ]
+    stuff = [c for c in present if c in toyworld.STUFF] or ["the background"]
+    caption = toyworld._caption(rng, [c for c in present if c in toyworld.THINGS], stuff)
+    return scene.image[y0 : y0 + side, x0 : x0 + side], caption
+
+
+@torch.no_grad()
+def _similarities(model, tokenizer, scenes, size: int, features: bool = False):
+    """(scenes, classes) cosine of each scene's image embedding to "a photo of a {c}."
+    (and the (scenes, D) image embeddings themselves with ``features``)."""
+    model.eval()
+    device = next(model.parameters()).device
+    stats = preprocess_stats(model)
+    text = model.encode_text(
+        tokenizer([f"a photo of a {c}." for c in toyworld.CLASSES]).to(device), normalize=True
+    )
+    img = torch.cat(
+        [
+            model.encode_image(
+                _images(scenes[i : i + 128], size, *stats).to(device), normalize=True
+            ).cpu()
+            for i in range(0, len(scenes), 128)
+        ]
+    )
+    model.train()
+    if features:
+        return (img @ text.cpu().T).numpy(), img.numpy()
+    return (img @ text.cpu().T).numpy()
+
+
+def _recall(sim: np.ndarray, scenes) -> float:
+    hits = total = 0
+    for s, row in zip(scenes, sim):
+        present = {toyworld.CLASSES.index(c) for c in s.classes}
+        top = np.argsort(-row, kind="stable")[: len(present)]
+        hits += len(present & set(top.tolist()))
+        total += len(present)
+    return hits / total
+
+
+def presence(scenes) -> np.ndarray:
+    """(scenes, classes) bool: which of ``toyworld.CLASSES`` each scene contains."""
+    return np.array([[c in s.classes for c in toyworld.CLASSES] for s in scenes], bool)
+
+
+def _ap(sim: np.ndarray, present: np.ndarray) -> dict[str, float]:
+    return {c: average_precision(sim[:, j], present[:, j]) for j, c in enumerate(toyworld.CLASSES)}
+
+
+def presence_recall(model, tokenizer, scenes, size: int) -> float:
+    """Mean over scenes of |top-k classes by image-text similarity & present| / k."""
+    return _recall(_similarities(model, tokenizer, scenes, size), scenes)
+
+
+def presence_ap(model, tokenizer, scenes, size: int) -> dict[str, float]:
+    """Per class: average precision of ranking the scenes by global image-text
+    similarity ("a photo of a {c}.") for "does the scene contain c". A class the
+    teacher never learned scores its base rate (its share of scenes)."""
+    return _ap(_similarities(model, tokenizer, scenes, size), presence(scenes))
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision of ranking by ``scores`` (descending) for boolean ``positive``:
+    the mean, over the positives, of the precision at each one's rank (0 without any)."""
+    y = np.asarray(positive, bool)[np.argsort(-np.asarray(scores), kind="stable")]
+    precision = np.cumsum(y) / np.arange(1, len(y) + 1)
+    return float(precision[y].sum() / max(y.sum(), 1))
+
+
+def probe_ap(features: np.ndarray, present: np.ndarray, iters: int = 100) -> np.ndarray:
+    """Per class, the average precision of a linear probe on image embeddings: logistic
+    regression (L-BFGS, L2 1e-3) fit on the first half of the rows, scored on the
+    second. ``present`` (rows, classes) bool. It tells an image encoder that does not
+    see a class (probe ~ base rate) from a text side that does not name it (probe high,
+    zero-shot low)."""
+    x = torch.as_tensor(features, dtype=torch.float64)
+    y = torch.as_tensor(present, dtype=torch.float64)
+    half = len(x) // 2
+    mu, sd = x[:half].mean(0), x[:half].std(0) + 1e-6
+    x = (x - mu) / sd
+    w = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x[:half] @ w + b, y[:half])
+        loss = loss + 1e-3 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        scores = (x[half:] @ w + b).numpy()
+    return np.array([average_precision(scores[:, j], present[half:, j]) for j in range(y.shape[1])])
+
+
+def measure(model, tokenizer, size: int, heldout=None) -> dict:
+    """Held-out report: recall@k, stuff / things mAP (zero-shot, "a photo of a {c}.")
+    against the things' base rate, and the things mAP of a linear probe on the image
+    embeddings (``probe_ap``); toy seed HELDOUT_SEED, 500 scenes unless ``heldout``
+    gives them."""
+    if heldout is None:
+        heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(500)]
+    sim, feats = _similarities(model, tokenizer, heldout, size, features=True)  # one pass
+    present = presence(heldout)
+    ap = _ap(sim, present)
+    probe = dict(zip(toyworld.CLASSES, probe_ap(feats, present)))
+    base = dict(zip(toyworld.CLASSES, present.mean(0)))
+    mean = lambda names, d: round(float(np.mean([d[c] for c in names])), 4)  # noqa: E731
+    return {
+        "presence_recall_at_k": _recall(sim, heldout),
+        "stuff_map": mean(toyworld.STUFF, ap),
+        "things_map": mean(toyworld.THINGS, ap),
+        "things_base_rate": mean(toyworld.THINGS, base),
+        "things_probe_map": mean(toyworld.THINGS, probe),
+        "heldout": f"toyworld seed {HELDOUT_SEED}, {len(heldout)} scenes",
+    }
+
+
+def _save_teacher(model, config: Path, out: Path, name: str, file: str) -> None:
+    """open_clip state dict in float16 (small), written atomically, + its config JSON."""
+    from train.checkpoint import save
+
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    save({"state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, out / file)
+    if config.resolve() != (out / f"{name}.json").resolve():
+        shutil.copy(config, out / f"{name}.json")
+
+
+def pretrain(
+    config: Path,
+    out: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    pool: int,
+    seed: int,
+    crop_prob: float = 0.0,
+    device: str = "cpu",
+    log_every: int = 50,
+    refresh: int = 0,
+    measure_every: int = 0,
+    workers: int = 0,
+    heldout_count: int = 500,
+    init: Path | None = None,
+) -> dict:
+    import open_clip
+
+    torch.manual_seed(seed)
+    open_clip.add_model_config(config)
+    name = config.stem
+    model = open_clip.create_model(name).to(device)
+    if init is not None:  # continue a teacher (weights only: optimiser and schedule restart)
+        from train.checkpoint import CheckpointError
+        from train.checkpoint import load as load_checkpoint
+
+        state = load_checkpoint(init, "teacher checkpoint").get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"--init {init}: no state_dict (not a teacher checkpoint)")
+        try:
+            model.load_state_dict(
+                {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            )
+        except RuntimeError as e:
+            raise ValueError(f"--init {init} does not fit --config {config}: {e}") from None
+    tokenizer = open_clip.get_tokenizer(name)
+    size = model.visual.image_size[0]
+    stats = preprocess_stats(model)
+    t0 = time.time()
+    make = functools.partial(toyworld.make_scene, TRAIN_SEED + seed)  # scene i of the stream
+    procs = multiprocessing.get_context("spawn").Pool(workers) if workers else None
+    mapper = procs.map if procs else lambda f, xs: list(map(f, xs))
+    scenes = mapper(make, range(pool))
+    print(f"generated {pool} training scenes in {time.time() - t0:.0f} s", flush=True)
+    # the next step's fresh scenes are made by the workers while this step trains
+    ahead = lambda start: (  # noqa: E731
+        procs.map_async(make, range(start, start + refresh)) if procs and refresh else None
+    )
+    tokens = tokenizer([s.caption for s in scenes])
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=lr
+    )
+    sched = warmup_cosine(opt, steps // 20, steps)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    heldout = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(heldout_count)]
+    fresh = pool  # index of the next never-seen training scene
+    pending = ahead(fresh)
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        if refresh and step:  # replace `refresh` random pool scenes with new ones
+            slots = torch.randperm(pool, generator=gen)[:refresh]
+            new = pending.get() if pending else mapper(make, range(fresh, fresh + refresh))
+            for slot, scene in zip(slots.tolist(), new):
+                scenes[slot] = scene
+            tokens[slots] = tokenizer([scene.caption for scene in new])
+            fresh += refresh
+            pending = ahead(fresh) if step + 1 < steps else None
+        idx = torch.randperm(pool, generator=gen)[:batch]
+        crop = torch.rand(batch, generator=gen) < crop_prob
+        images, tok = [scenes[i].image for i in idx.tolist()], tokens[idx].clone()
+        rows = torch.nonzero(crop).flatten().tolist()
+        if rows:
+            crops = [region_crop(scenes[int(idx[j])], rng) for j in rows]
+            for j, (img, _) in zip(rows, crops):
+                images[j] = img
+            tok[rows] = tokenizer([caption for _, caption in crops])
+        x = _images(images, size, *stats)
+        flip = torch.rand(batch, generator=gen) < 0.5
+        x[flip] = x[flip].flip(-1)
+        x, tok = x.to(device), tok.to(device)
+        img = model.encode_image(x, normalize=True)
+        txt = model.encode_text(tok, normalize=True)
+        logits = model.logit_scale.exp() * img @ txt.T
+        # captions can repeat within a batch: count identical captions as positives
+        same = (tok[:, None, :] == tok[None, :, :]).all(-1).float()
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (
+            torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+            + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
+        )
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % log_every == 0 or step == steps - 1:
+            print(
+                f"step {step:5d}  loss {loss.item():.3f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{(time.time() - t0) / (step + 1):.2f} s/step",
+                flush=True,
+            )
+        if measure_every and (step + 1) % measure_every == 0 and step + 1 < steps:
+            print(f"step {step + 1:5d}  {json.dumps(measure(model, tokenizer, size, heldout))}")
+            # a checkpoint at every report: a long run stopped early (a session's end)
+            # continues from it with --init
+            _save_teacher(model, config, out, name, f"{name}.step{step + 1}.pt")
+    if procs:
+        procs.terminate()
+    minutes = round((time.time() - t0) / 60, 1)
+    held = measure(model, tokenizer, size, heldout)
+    _save_teacher(model, config, out, name, f"{name}.pt")
+    report = {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "pool": pool,
+        "refresh": refresh,
+        "scenes_seen": fresh,
+        "init": str(init) if init else None,
+        "seed": seed,
+        "crop_prob": crop_prob,
+        "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
+        "minutes": minutes,
+        **held,
+    }
+    (out / f"{name}.report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m train.toyworld.teacher",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--out", type=Path, default=ASSETS)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--pool", type=int, default=6000, help="training scenes generated up front")
+    p.add_argument(
+        "--refresh",
+        type=int,
+        default=0,
+        help="pool scenes replaced by never-seen ones each step (0 = fixed pool; a fixed "
+        "pool is memorised within a few thousand steps)",
+    )
+    p.add_argument(
+        "--measure-every", type=int, default=0, help="held-out report every N steps (0 = end)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that generate scenes (0 = in the training process); on a GPU "
+        "machine they make the next step's --refresh scenes while a step trains",
+    )
+    p.add_argument(
+        "--heldout", type=int, default=500, help="held-out scenes in the report (toy seed 2000)"
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="start from this teacher checkpoint (weights only), e.g. to continue a run "
+        "across sessions; pass another --seed so that new scenes are drawn",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--crop-prob",
+        type=float,
+        default=0.0,
+        help="share of samples replaced by a region crop captioned with what it shows",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--measure",
+        metavar="CHECKPOINT",
+        help="only measure a trained teacher (with --config): recall@k, stuff/things mAP",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.steps < 1 or args.batch < 2 or args.pool < args.batch:
+        print("error: need --steps >= 1, --batch >= 2 and --pool >= --batch", file=sys.stderr)
+        return 2
+    if not (0 <= args.refresh <= args.pool and args.workers >= 0 and args.heldout >= 1):
+        print(
+            "error: need 0 <= --refresh <= --pool, --workers >= 0 and --heldout >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    if args.measure:
+        from train.models.clip_loader import load_clip
+
+        model, name, _, _ = load_clip(model_config=args.config, pretrained=args.measure)
+        import open_clip
+
+        scenes = [toyworld.make_scene(HELDOUT_SEED, i) for i in range(args.heldout)]
+        held = measure(model, open_clip.get_tokenizer(name), model.visual.image_size[0], scenes)
+        print(json.dumps(held, indent=2))
+        return 0
+    if args.init is not None and not args.init.is_file():
+        print(f"error: --init {args.init}: no such checkpoint", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.crop_prob <= 1.0:
+        print("error: --crop-prob must be within [0, 1]", file=sys.stderr)
+        return 2
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        report = pretrain(
+            args.config,
+            args.out,
+            args.steps,
+            args.batch,
+            args.lr,
+            args.pool,
+            args.seed,
+            crop_prob=args.crop_prob,
+            device=device,
+            refresh=args.refresh,
+            measure_every=args.measure_every,
+            workers=args.workers,
+            heldout_count=args.heldout,
+            init=args.init,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
