@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import struct
 from pathlib import Path
@@ -125,9 +127,10 @@ def _check_pixels(w: int, h: int, name: str, max_pixels: int | None) -> None:
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
-def _png_too_short(path: Path) -> str | None:
-    """Why the PNG at ``path`` cannot hold all of its rows (None = it can)."""
-    with open(path, "rb") as f:
+def _png_too_short(path) -> str | None:
+    """Why the PNG at ``path`` (or in a seekable binary file) cannot hold all of its rows
+    (None = it can)."""
+    with open(path, "rb") if isinstance(path, (str, os.PathLike)) else _rewound(path) as f:
         if f.read(8) != b"\x89PNG\r\n\x1a\n":
             return None
         idat = 0
@@ -154,14 +157,35 @@ def _png_too_short(path: Path) -> str | None:
     return None
 
 
-def load_image(image, max_pixels: int | None | str = "default") -> np.ndarray:
+class _rewound:
+    """Context manager: a binary file object seeked to its start, left open after."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        self.f.seek(0)
+        return self.f
+
+    def __exit__(self, *exc):
+        self.f.seek(0)
+
+
+def load_image(
+    image, max_pixels: int | None | str = "default", min_side: int | None = None
+) -> np.ndarray:
     """Read an image into an HxWx3 uint8 RGB array (EXIF orientation applied).
 
-    Accepts a file path (any format PIL reads; grayscale, palette, RGBA/LA,
-    16-bit and CMYK are converted), a PIL image, or a numpy uint8 array HxWx3
-    (HxW / HxWx1 = grayscale). Raises ImageError (or FileNotFoundError) otherwise:
-    also for images over ``max_pixels`` (default :data:`MAX_PIXELS`, PIL's
-    decompression-bomb limit; checked before decoding) and for truncated files.
+    Accepts a file path or the bytes of an image file (any format PIL reads;
+    grayscale, palette, RGBA/LA, 16-bit and CMYK are converted), a PIL image, or a
+    numpy uint8 array HxWx3 (HxW / HxWx1 = grayscale). Raises ImageError (or
+    FileNotFoundError) otherwise: also for images over ``max_pixels`` (default
+    :data:`MAX_PIXELS`, PIL's decompression-bomb limit; checked before decoding) and
+    for truncated files.
+
+    ``min_side``: a caller that will shrink the image anyway may let JPEGs decode at a
+    reduced scale (1/2, 1/4 or 1/8, PIL's draft mode) whose short side is still at
+    least ``min_side``: several times faster for photos much larger than needed.
 
     Formats: :data:`FORMATS` (PNG, JPEG/MPO, WebP, BMP, GIF, TIFF, PPM/PGM, TGA).
     Grayscale of more than 8 bits becomes 8-bit by its range: 16-bit modes by
@@ -177,17 +201,24 @@ def load_image(image, max_pixels: int | None | str = "default") -> np.ndarray:
     elif isinstance(image, Image.Image):
         _check_pixels(*image.size, "PIL image", limit)
         out = _pil_checked(image, "PIL image")
-    elif isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
+    elif isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        if isinstance(image, (str, os.PathLike)):
+            path = src = Path(image)
+            if not path.is_file():
+                raise FileNotFoundError(f"image file not found: {path}")
+        else:
+            path, src = "image bytes", io.BytesIO(image)
         try:
-            with Image.open(path, formats=FORMATS) as img:  # reads the header only
+            with Image.open(src, formats=FORMATS) as img:  # reads the header only
                 _check_pixels(*img.size, str(path), limit)
                 if img.format == "PNG":
-                    why = _png_too_short(path)
+                    why = _png_too_short(src)
                     if why:
                         raise ImageError(f"{path}: truncated PNG: {why}")
+                if min_side is not None and img.format == "JPEG":
+                    scale = min_side / min(img.size)
+                    if scale < 1:
+                        img.draft("RGB", tuple(math.ceil(n * scale) for n in img.size))
                 img.load()
                 out = _pil_checked(img, str(path))
         except ImageError:

@@ -19,17 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 RANKS = {
     "kernels": 0,
     "clips4rt": 1,
-    "train": 2,  # train/__init__, train.checkpoint, train.schedule: shared by all below
+    "train": 2,  # train/__init__ and SHARED: used by all above
     "train.models": 3,
     "train.toyworld": 4,
-    "train.method": 5,
-    "train.export": 6,
-    "train.evaluate": 7,
+    "train.evaluate": 5,
+    "train.method": 6,  # validation during training uses train.evaluate
+    "train.export": 7,
     "train.__main__": 8,
     "train.pretrain_teacher": 8,  # old command names, forwarding to the new homes
     "train.default_bundle": 8,
 }
-SHARED = {"train.checkpoint", "train.schedule"}
+SHARED = {"train.checkpoint", "train.schedule", "train.kmeans", "train.shards"}
 
 
 def _layer(module: str) -> str | None:

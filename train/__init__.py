@@ -8,13 +8,14 @@ Sub-packages, each importing only those listed before it (and ``clips4rt``/``ker
   training-free dense modes (a registry), the CLIP-S4 students.
 - ``train.toyworld``: the procedural toy world (scenes, captions, masks, the split)
   and the pretraining of its small CLIP teacher.
+- ``train.evaluate``: VOC-style folders, mIoU of any bundle on them, and validation of
+  a student in torch during training.
 - ``train.method``: CLIP-S4 itself: config and presets, data sources, augmentation,
   segments, prototypes, losses, the training loop (``python -m train``).
 - ``train.export``: checkpoint or CLIP -> ONNX bundle, and the embedded default bundle.
-- ``train.evaluate``: mIoU of any bundle on a VOC-style folder.
 
-``train.checkpoint`` (weights-only checkpoint files) and ``train.schedule`` (the
-learning-rate schedule) are shared by all of them.
+Shared by all of them: ``train.checkpoint`` (weights-only checkpoint files),
+``train.schedule`` (the learning-rate schedule), ``train.kmeans`` (spherical k-means).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import clips4rt
 from clips4rt.kernels import match_upsample
 from train.evaluate.metrics import confusion, hungarian_match, summarize
 from train.evaluate.voc import VOCFolder
-from train.method.segments import spherical_kmeans
+from train.kmeans import spherical_kmeans
 
 
 def eval_language(seg, data, classes, size=None, templates=None, batch=16) -> np.ndarray:

@@ -31,6 +31,8 @@ class TrainConfig:
     data: str = "toy"
     toy_seed: int = 1000
     toy_pool: int = 4000
+    workers: int = 2  # DataLoader processes decoding a folder or shards (0 = in the loop)
+    prefetch: int = 4  # batches each worker prepares ahead
     image_size: int = 96  # side of each augmented view
     teacher_size: int = 128  # side of the full image the teacher sees
     # teacher (any open_clip CLIP: name + pretrained tag, or config JSON + checkpoint)
@@ -72,6 +74,10 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     keep: int = 3
+    # validation during training (a VOC-style folder, as train.evaluate reads)
+    val: str | None = None
+    val_every: int = 0  # steps between validations; 0 = with every checkpoint
+    tensorboard: bool = False  # also log to <out>/tensorboard (needs the tensorboard package)
 
     MODEL_FIELDS = (
         "clip",
@@ -126,7 +132,15 @@ CHOICES = {"top_stride": (16, 32), "unknown_space": ("image", "text")}
 
 
 HELP = {
-    "data": '"toy" = the toy-world generator, else a folder of unlabeled images',
+    "data": '"toy" = the toy-world generator, else images: a folder (image files and/or .tar '
+    "shards, recursive), a glob or a brace pattern (shards/train-{0000..0099}.tar)",
+    "workers": "DataLoader worker processes decoding --data (0 = in the training process; "
+    "more than the CPUs warns)",
+    "prefetch": "batches each worker prepares ahead",
+    "val": "VOC-style folder (JPEGImages/, SegmentationClass/, classes.txt): validation mIoU "
+    "all/known/unknown in metrics.csv, the best checkpoint kept as best.pt",
+    "val_every": "steps between validations (0 = with every checkpoint)",
+    "tensorboard": "also write TensorBoard logs to <out>/tensorboard",
     "toy_seed": "seed of the toy world's training scenes",
     "toy_pool": "toy scenes generated up front and sampled from",
     "image_size": "side of each augmented view the student sees (px)",
@@ -245,4 +259,7 @@ RANGES = {
     "log_every": (1, 10**9),
     "ckpt_every": (1, 10**9),
     "keep": (0, 10**6),  # 0 = keep every checkpoint
+    "workers": (0, 1024),
+    "prefetch": (1, 1024),
+    "val_every": (0, 10**9),
 }

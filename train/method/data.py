@@ -1,32 +1,63 @@
-"""Unlabeled training images: the toy-world generator or a folder of image files.
+"""Unlabeled training images: the toy-world generator, a folder of image files, or tar
+shards of images (WebDataset-style ``.tar`` files).
 
-Both give uint8 (B, S, S, 3) RGB batches of full images (S = ``teacher_size``); the
-two augmented views are cut from them in the loop (``train.method.augment``).
+All give uint8 (b, S, S, 3) RGB batches of full images (S = ``teacher_size``, b = this
+rank's share of the global batch); the two augmented views are cut from them in the
+loop (``train.method.augment``).
+
+Folders and shards go through ``torch.utils.data.DataLoader`` worker processes
+(``--workers``, ``--prefetch``). The sample stream is a pure function of (seed, step,
+slot): the image in slot i of global step s is the catalog entry at position
+(s * batch + i) mod N of the epoch's permutation (epoch = (s * batch + i) // N, one
+``randperm`` per (seed, epoch)). Rank r decodes only its slots [r*b, (r+1)*b), worker w
+of W only the steps s = w (mod W), and the loader hands the steps back in order, so the
+stream is the same for any number of workers and ranks, and ``--resume`` at step s
+restarts it at step s exactly. A file that fails to decode is skipped for the next
+entry of the permutation (the same one on every run), counted, and named in the log;
+it never stops training.
+
+Shards are indexed once (member headers only, no decoding) and read by offset, never
+unpacked; a truncated shard keeps its complete members (with a warning), a file that
+is not a tar is skipped with a warning. JPEGs decode at a reduced scale when they are
+much larger than S (``load_image(min_side=)``).
 """
 
 from __future__ import annotations
 
+import glob
+import itertools
+import re
+import tarfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from clips4rt.images import IMAGE_SUFFIXES
+from clips4rt.errors import ImageError
+from clips4rt.images import IMAGE_SUFFIXES, load_image
 
 
-def _square(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize the short side to ``size`` and centre-crop to size x size."""
+def _square(img: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The centre square of ``img`` resized to size x size (bilinear): the short side
+    resized to ``size``, the long one centre-cropped. Only the square is resampled
+    (PIL's ``box``), a third less work than resizing all of a 4:3 photo. Written into
+    ``out`` (size, size, 3) when given."""
     h, w = img.shape[:2]
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-    y, x = (nh - size) // 2, (nw - size) // 2
-    return img[y : y + size, x : x + size]
+    side = min(h, w)
+    y, x = (h - side) / 2, (w - side) / 2
+    sq = Image.fromarray(img).resize((size, size), Image.BILINEAR, box=(x, y, x + side, y + side))
+    if out is None:
+        return np.asarray(sq)
+    out[...] = np.asarray(sq)
+    return out
 
 
 class ToySource:
-    """``pool`` toy scenes (seed ``seed``) generated up front, sampled with replacement."""
+    """``pool`` toy scenes (seed ``seed``) generated up front, sampled with replacement
+    (in the training process: no decoding to parallelise)."""
 
     def __init__(self, seed: int, pool: int, size: int):
         from train.toyworld import make_scene
@@ -42,53 +73,185 @@ class ToySource:
         return self.images[torch.randint(len(self.images), (n,), generator=gen)]
 
 
-class FolderSource:
-    """Every image file under ``root`` (recursive). Files that fail to decode are
-    skipped, counted in ``skipped`` and listed in ``bad``; they never stop training."""
+# ------------------------------------------------------------------ catalog
+@dataclass(frozen=True)
+class Entry:
+    """One image: a file (``offset`` -1), or a member of a tar shard read at
+    ``offset``, ``size`` bytes."""
 
-    def __init__(self, root: str | Path, size: int):
-        self.root = Path(root)
-        if not self.root.is_dir():
+    path: str
+    offset: int = -1
+    size: int = 0
+    member: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.member}" if self.member else self.path
+
+    def load(self, min_side: int) -> np.ndarray:
+        if self.offset < 0:
+            return load_image(self.path, min_side=min_side)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) < self.size:
+            raise ImageError(f"{self}: the shard ends inside this member")
+        return load_image(data, min_side=min_side)
+
+
+def _braces(pattern: str) -> list[str]:
+    """Expand ``{a,b}`` and ``{000..012}`` (zero-padded ranges) as WebDataset does."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    body = m.group(1)
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if r:
+        lo, hi = r.groups()
+        opts = [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+    else:
+        opts = body.split(",")
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [x for o in opts for x in _braces(head + o + tail)]
+
+
+def shard_entries(path: Path) -> list[Entry]:
+    """The image members of one tar shard (headers only). A truncated shard gives its
+    complete members, a file that is not a tar none (each with a warning)."""
+    entries = []
+    end = path.stat().st_size
+    try:
+        with tarfile.open(path, "r:") as tar:  # random access: reads headers, seeks past data
+            for m in tar:
+                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+                    if m.offset_data + m.size > end:
+                        raise tarfile.ReadError("unexpected end of data")
+                    entries.append(Entry(str(path), m.offset_data, m.size, m.name))
+    except (tarfile.ReadError, EOFError, OSError) as e:
+        if not entries:
+            warnings.warn(f"skipping {path}: not a readable tar shard ({e})", stacklevel=2)
+        else:
+            warnings.warn(
+                f"{path} is truncated ({e}): using its first {len(entries)} complete images",
+                stacklevel=2,
+            )
+    return entries
+
+
+def catalog(data: str) -> list[Entry]:
+    """Every image of ``data``: a folder (image files and ``.tar`` shards, recursive), a
+    glob, or a brace pattern (``shards/train-{0000..0099}.tar``)."""
+    root = Path(data)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    else:
+        files = sorted({Path(f) for p in _braces(data) for f in glob.glob(p)})
+        files = [f for f in files if f.is_file()]
+        if not files:
             raise FileNotFoundError(
-                f"image folder not found: {self.root}; set --data=/path/to/images"
+                f"--data={data}: no such folder, and no file matches it as a pattern; "
+                "give a folder of images, a folder of .tar shards, or a glob/brace pattern"
             )
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
-            raise ValueError(
-                f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {self.root}: "
-                "point --data at a folder of images"
-            )
-        self.size = size
-        self.bad: set[Path] = set()
+    entries: list[Entry] = []
+    shards = 0
+    for f in files:
+        if f.suffix.lower() == ".tar":
+            shards += 1
+            entries += shard_entries(f)
+        elif f.suffix.lower() in IMAGE_SUFFIXES:
+            entries.append(Entry(str(f)))
+    if not entries:
+        raise ValueError(
+            f"no images under --data={data} ({shards} tar shards, suffixes "
+            f"{', '.join(IMAGE_SUFFIXES)}): point --data at a folder of images or shards"
+        )
+    return entries
+
+
+# ------------------------------------------------------------------ the stream
+class ImageStream(torch.utils.data.IterableDataset):
+    """Batches (step, uint8 (b, S, S, 3) tensor, names of files skipped) of one rank, for
+    steps ``start``, ``start + 1``, ... (see the module docstring for the order)."""
+
+    def __init__(self, entries, size, batch, seed, start=0, rank=0, world=1):
+        if batch % world:
+            raise ValueError(f"batch {batch} must be a multiple of the {world} processes")
+        self.entries, self.size, self.batch = entries, size, batch
+        self.seed, self.start, self.rank, self.world = seed, start, rank, world
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.entries), generator=gen))
+        return self._perm[1]
+
+    def image(self, n: int, bad: dict, out: np.ndarray | None = None) -> np.ndarray:
+        """The image of stream position ``n``: its entry, or the next decodable one of
+        the same epoch's order; unreadable entries are added to ``bad`` (name -> why)."""
+        N = len(self.entries)
+        order = self._order(n // N)
+        for k in range(N):
+            entry = self.entries[int(order[(n + k) % N])]
+            if str(entry) in bad:
+                continue
+            try:
+                return _square(entry.load(self.size), self.size, out)
+            except (ImageError, OSError, ValueError) as e:
+                bad[str(entry)] = str(e)
+        raise ValueError(f"none of the {N} images of the training data could be decoded")
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        b = self.batch // self.world
+        bad: dict[str, str] = {}  # this worker's unreadable entries, name -> why
+        for step in itertools.count(self.start + wid, workers):
+            seen = len(bad)
+            # written in place into shared memory: the batch reaches the training process
+            # without a copy
+            batch = torch.empty(b, self.size, self.size, 3, dtype=torch.uint8)
+            if info is not None:
+                batch.share_memory_()
+            images = batch.numpy()
+            for j, i in enumerate(range(self.rank * b, (self.rank + 1) * b)):
+                self.image(step * self.batch + i, bad, images[j])
+            yield step, batch, list(bad.items())[seen:]
+
+
+class StreamSource:
+    """A folder's or shards' images through a DataLoader: ``next_batch(step)`` returns
+    this rank's images of global step ``step`` (steps must come in order)."""
+
+    def __init__(self, data, size, batch, seed, start, rank, world, workers, prefetch):
+        self.entries = catalog(data)
+        stream = ImageStream(self.entries, size, batch, seed, start, rank, world)
+        kw = {"prefetch_factor": prefetch, "persistent_workers": False} if workers else {}
+        self.loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=workers, **kw
+        )
+        self._it = iter(self.loader)
+        self.bad: dict[str, str] = {}
 
     @property
     def skipped(self) -> int:
         return len(self.bad)
 
-    def _load(self, path: Path) -> np.ndarray | None:
-        from clips4rt.images import load_image
+    def next_batch(self, step: int) -> torch.Tensor:
+        got, images, bad = next(self._it)
+        assert got == step, f"data stream out of order: got step {got}, expected {step}"
+        for name, why in bad:  # each worker reports a file once; workers may repeat it
+            if name not in self.bad:
+                self.bad[name] = why
+                warnings.warn(f"skipping an unreadable image: {why}", stacklevel=2)
+        return images
 
-        try:
-            return _square(load_image(path), self.size)
-        except (OSError, ValueError):
-            self.bad.add(path)
-            return None
-
-    def batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        out = []
-        while len(out) < n:
-            if len(self.bad) == len(self.files):
-                raise ValueError(
-                    f"none of the {len(self.files)} files under {self.root} could be decoded"
-                )
-            path = self.files[int(torch.randint(len(self.files), (1,), generator=gen))]
-            if path in self.bad:
-                continue
-            img = self._load(path)
-            if img is not None:
-                out.append(img)
-        return torch.from_numpy(np.stack(out))
+    def close(self) -> None:
+        del self._it  # stops the workers
 
 
-def make_source(data: str, size: int, toy_seed: int = 1000, toy_pool: int = 4000):
-    return ToySource(toy_seed, toy_pool, size) if data == "toy" else FolderSource(data, size)
+def make_source(cfg, start: int = 0, rank: int = 0, world: int = 1):
+    """The training images of ``cfg`` for this rank, from global step ``start`` on."""
+    if cfg.data == "toy":
+        return ToySource(cfg.toy_seed, cfg.toy_pool, cfg.teacher_size)
+    return StreamSource(cfg.data, cfg.teacher_size, cfg.batch, cfg.seed, start, rank, world,
+                        cfg.workers, cfg.prefetch)  # fmt: skip

@@ -10,8 +10,6 @@ checkpoints written atomically, ``--resume`` continues bit for bit on the CPU.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import random
 import time
@@ -23,14 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train import checkpoint as C
 from train import resolve_path
+from train.kmeans import spherical_kmeans
 from train.method import augment as A
 from train.method import distributed as D
+from train.method import run as R
 from train.method.config import TrainConfig
 from train.method.losses import contrastive_loss, embedding_consistency, semantic_consistency
+from train.method.segments import segment_means
 from train.schedule import warmup_cosine
-from train.method.segments import segment_means, spherical_kmeans
 
 
 def read_classes(spec: str) -> list[str]:
@@ -96,18 +95,19 @@ def _views(images, boxes, jitter, cfg, device, mean, std):
 def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, world=1) -> dict:
     """All losses of one step (a dict of scalar tensors, 'total' included).
 
-    ``images`` is the global batch; this rank embeds its slice. Every random draw is
-    made for the whole batch, segments are gathered from all ranks (negatives span the
-    global batch) and sums are divided by global counts times ``world``, so that DDP's
-    gradient average equals one process's gradient on the whole batch."""
-    Bg = images.shape[0]
-    b = Bg // world
+    ``images`` is this rank's slice of the global batch (rank r holds images
+    [r*b, (r+1)*b)). Every random draw is made for the whole batch, segments are
+    gathered from all ranks (negatives span the global batch) and sums are divided by
+    global counts times ``world``, so that DDP's gradient average equals one process's
+    gradient on the whole batch."""
+    b = images.shape[0]
+    Bg = b * world
     mine = slice(rank * b, (rank + 1) * b)
     aug = A.AugmentConfig(size=cfg.image_size)
     boxes = [A.sample_boxes(Bg, aug, gen)[mine] for _ in range(2)]
     jits = [{k: t[mine] for k, t in A.jitter_params(Bg, aug, gen).items()} for _ in range(2)]
     seeds = [torch.rand(Bg, generator=gen)[mine] for _ in range(2)]
-    local = images[mine]
+    local = images
     t_full = teacher.features(local.to(device))  # (b, D, ht, wt), no grad
     k = cfg.segments
     zs, v_views, t_views, own = [], [], [], []
@@ -180,152 +180,6 @@ def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, wor
     return out
 
 
-# ---------------------------------------------------------------- checkpoints
-def _rng_state(gen: torch.Generator) -> dict:
-    return {
-        "gen": gen.get_state(),
-        "torch": torch.get_rng_state(),
-        "numpy": C.numpy_rng_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(gen: torch.Generator, s: dict) -> None:
-    gen.set_state(s["gen"])
-    torch.set_rng_state(s["torch"])
-    C.set_numpy_rng_state(s["numpy"])
-    random.setstate(s["python"])
-
-
-# A run's folder: step_*.pt checkpoints, metrics.csv and run.json, which names the
-# run (a random id, also stored in each checkpoint) and lists its checkpoints. Rotation
-# and --resume touch only the files listed there; a new run into a folder that holds
-# another one is refused unless --overwrite moves the old files aside.
-RUN_FILE = "run.json"
-
-
-def _run_state(out: Path) -> dict | None:
-    try:
-        state = json.loads((out / RUN_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise C.CheckpointError(f"{out / RUN_FILE} is unreadable ({e}); fix or remove it") from None
-    if not (isinstance(state.get("run_id"), str) and isinstance(state.get("checkpoints"), list)):
-        raise C.CheckpointError(f"{out / RUN_FILE} is not a clips4rt run file")
-    return state
-
-
-def _write_run_state(out: Path, state: dict) -> None:
-    tmp = out / (RUN_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / RUN_FILE)
-
-
-def _run_files(out: Path) -> list[Path]:
-    names = ("metrics.csv", RUN_FILE)
-    return sorted(p for p in out.glob("*") if p.name in names or p.match("step_*.pt"))
-
-
-def prepare_out(out: Path, resume: bool, overwrite: bool, main: bool) -> None:
-    """Refuse to start a new run over another run's files, or move them aside."""
-    if resume or not out.exists():
-        return
-    old = _run_files(out)
-    if not old:
-        return
-    if not overwrite:
-        raise ValueError(
-            f"--out {out} holds another run ({len(old)} files: "
-            f"{', '.join(p.name for p in old[:4])}{', ...' if len(old) > 4 else ''}): continue "
-            "it with --resume, start over with --overwrite (the old files move to "
-            f"{out}/previous-<time>/), or choose another --out"
-        )
-    if main:
-        aside = out / time.strftime("previous-%Y%m%d-%H%M%S")
-        n = 0
-        while aside.exists():
-            n += 1
-            aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
-        aside.mkdir()
-        for p in old:
-            os.replace(p, aside / p.name)
-
-
-def save_checkpoint(path: Path, state: dict, keep: int) -> None:
-    """Write atomically (temp file, fsync, rename), list it in run.json, then keep the
-    newest ``keep`` of this run's checkpoints (0 = all); other files are not touched."""
-    C.save(state, path)
-    out = path.parent
-    run = _run_state(out) or {"run_id": state["run_id"], "checkpoints": []}
-    names = [n for n in run["checkpoints"] if n != path.name] + [path.name]
-    names.sort()
-    drop = names[:-keep] if keep > 0 else []
-    run["checkpoints"] = [n for n in names if n not in drop]
-    _write_run_state(out, run)
-    for name in drop:
-        (out / name).unlink(missing_ok=True)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    run = _run_state(out)
-    ckpts = (
-        [out / n for n in run["checkpoints"] if (out / n).exists()]
-        if run
-        else sorted(out.glob("step_*.pt"))
-    )
-    return ckpts[-1] if ckpts else None
-
-
-def _load_resume(out: Path) -> tuple[Path, dict]:
-    """The newest readable checkpoint of the run in ``out``: a truncated or corrupt
-    newer one (a crash or full disk while writing) is skipped with a warning; an unsafe
-    one, or one of another run, stops."""
-    run = _run_state(out)
-    if run is None:  # a folder written before run.json existed
-        ckpts = sorted(out.glob("step_*.pt"), reverse=True)
-    else:
-        ckpts = [out / n for n in reversed(run["checkpoints"]) if (out / n).exists()]
-    if not ckpts:
-        raise FileNotFoundError(f"--resume: no checkpoint in {out}; drop --resume to start fresh")
-    for path in ckpts:
-        try:
-            ckpt = C.load(path)
-        except C.CheckpointError as e:
-            if not e.corrupt:
-                raise
-            warnings.warn(f"--resume: skipping {e}", RuntimeWarning, stacklevel=3)
-            continue
-        if run is not None and ckpt.get("run_id") not in (None, run["run_id"]):
-            raise C.CheckpointError(
-                f"--resume: {path} belongs to run {ckpt.get('run_id')}, but {out / RUN_FILE} "
-                f"is run {run['run_id']}: the folder mixes two runs; move one away"
-            )
-        return path, ckpt
-    raise C.CheckpointError(
-        f"--resume: no readable checkpoint in {out} ({len(ckpts)} corrupt); drop --resume "
-        "to start fresh",
-        corrupt=True,
-    )
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop metrics rows after ``step`` (steps replayed after a resume are logged again)."""
-    if not path.exists():
-        return
-    rows = path.read_text().splitlines(keepends=True)
-    keep = rows[:1] + [
-        r for r in rows[1:] if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step
-    ]
-    if len(keep) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- the loop
 def train(
     cfg: TrainConfig,
@@ -340,24 +194,27 @@ def train(
     ``stop_after``: return after this many steps of this call (tests simulate a kill)."""
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out, --overwrite starts over: pick one")
-    from tqdm import tqdm
-
     from train.method.data import make_source
+    from train.method.logger import LOSSES, MetricsLog
     from train.method.prototypes import UnknownPrototypes
     from train.models.student import build_student
 
     rank, world, device = D.setup()
     if cfg.batch % world:
         raise ValueError(f"--batch={cfg.batch} must be a multiple of the {world} processes")
+    if cfg.data != "toy" and cfg.workers > (os.cpu_count() or 1):
+        warnings.warn(f"--workers={cfg.workers} is more than the {os.cpu_count()} CPUs: "
+                      "decoding will not get faster", stacklevel=2)  # fmt: skip
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
-    prepare_out(out, resume, overwrite, rank == 0)  # before the teacher loads
+    R.prepare_out(out, resume, overwrite, rank == 0)  # before the teacher loads
     D.barrier()
     out.mkdir(parents=True, exist_ok=True)
     teacher = Teacher(cfg, device)
+    validator = _validator(cfg, teacher) if cfg.val and rank == 0 else None
     student = build_student(
         cfg.backbone,
         teacher.embed_dim,
@@ -376,7 +233,6 @@ def train(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    source = make_source(cfg.data, cfg.teacher_size, cfg.toy_seed, cfg.toy_pool)
     unknown = (
         UnknownPrototypes(
             cfg.unknown_prototypes,
@@ -391,9 +247,9 @@ def train(
     )
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
-    step = 0
+    step, best = 0, float("-inf")
     if resume:
-        ckpt_path, ckpt = _load_resume(out)
+        ckpt_path, ckpt = R.load_resume(out)
         if ckpt["model_hash"] != cfg.model_hash():
             raise ValueError(
                 f"{ckpt_path} was written by another configuration (model fields "
@@ -405,33 +261,27 @@ def train(
         sched.load_state_dict(ckpt["scheduler"])
         if unknown is not None:
             unknown.load_state_dict(ckpt["unknown"])
-        _set_rng_state(gen, ckpt["rng"])
+        R.set_rng_state(gen, ckpt["rng"])
         step = ckpt["step"]
+        best = float(ckpt.get("best_val", best))
         run_id = ckpt.get("run_id") or uuid.uuid4().hex[:16]
     else:
         run_id = uuid.uuid4().hex[:16]
+    source = make_source(cfg, step, rank, world)  # the image stream resumes at `step`
     main = rank == 0  # only rank 0 writes
-    log = None
-    if main:
-        log_path = out / "metrics.csv"
-        _trim_metrics(log_path, step)
-        new_log = not log_path.exists() or step == 0
-        log = open(log_path, "w" if new_log else "a", newline="")
-        writer = csv.writer(log)
-        if new_log:
-            writer.writerow(
-                ["step", "total", "contrastive", "embedding", "semantic", "lr", "s_per_step"]
-            )
+    log = MetricsLog(out, step, cfg.steps, cfg.batch, main, cfg.tensorboard, device)
     model.train()
     last = None
     done = 0
-    bar = tqdm(
-        total=cfg.steps, initial=step, desc="train", unit="step", disable=None if main else True
-    )
-    t0 = time.time()
     try:
         while step < cfg.steps and (stop_after is None or done < stop_after):
-            images = source.batch(cfg.batch, gen)
+            t_wait = time.perf_counter()
+            if cfg.data == "toy":  # in memory: the global batch, sliced
+                b = cfg.batch // world
+                images = source.batch(cfg.batch, gen)[rank * b : (rank + 1) * b]
+            else:
+                images = source.next_batch(step)
+            log.waited(time.perf_counter() - t_wait)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 losses = step_losses(model, teacher, unknown, images, cfg, gen, device, rank, world)
             if D.all_sum(torch.isfinite(losses["total"].detach()).float()) < world:
@@ -448,54 +298,76 @@ def train(
             sched.step()
             step += 1
             done += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                keys = ("total", "contrastive", "embedding", "semantic")
-                vals = [float(D.all_sum(losses[k].detach())) / world for k in keys]
-                if main:
-                    writer.writerow(
-                        [step]
-                        + [f"{v:.5f}" for v in vals]
-                        + [f"{sched.get_last_lr()[0]:.3e}", f"{(time.time() - t0) / done:.3f}"]
-                    )
-                    log.flush()
-            if (
-                step % cfg.ckpt_every == 0
-                or step == cfg.steps
-                or (stop_after and done == stop_after)
-            ):
-                last = out / f"step_{step:07d}.pt"
+            log.stepped()
+            save = step % cfg.ckpt_every == 0 or step == cfg.steps or done == stop_after
+            every = cfg.val_every or cfg.ckpt_every
+            check = cfg.val is not None and (step % every == 0 or step == cfg.steps)
+            val = None
+            if check:
                 D.barrier()
-                if main:
-                    save_checkpoint(
-                        last,
-                        {
-                            "model": student.state_dict(),
-                            "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(),
-                            "step": step,
-                            "run_id": run_id,
-                            "rng": _rng_state(gen),
-                            "unknown": unknown.state_dict() if unknown is not None else None,
-                            "config": cfg.to_dict(),
-                            "model_hash": cfg.model_hash(),
-                            "teacher": {
-                                "name": teacher.name,
-                                "pretrained": cfg.pretrained,
-                                "embed_dim": teacher.embed_dim,
-                                "mean": teacher.mean,
-                                "std": teacher.std,
-                                "known_classes": teacher.classes,
-                            },
-                            "skipped_images": source.skipped,
-                        },
-                        cfg.keep,
-                    )
+                val = validator(student, device) if main else None
+                D.barrier()
+            if step % cfg.log_every == 0 or step == cfg.steps or check:
+                vals = {k: float(D.all_sum(losses[k].detach())) / world for k in LOSSES}
+                log.row(step, vals, sched.get_last_lr()[0], val)
+            improved = val is not None and val["miou"] > best
+            if improved:
+                best = val["miou"]
+            if save or improved:
+                state = {
+                    "model": student.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "step": step,
+                    "run_id": run_id,
+                    "rng": R.rng_state(gen),
+                    "unknown": unknown.state_dict() if unknown is not None else None,
+                    "config": cfg.to_dict(),
+                    "model_hash": cfg.model_hash(),
+                    "teacher": {
+                        "name": teacher.name,
+                        "pretrained": cfg.pretrained,
+                        "embed_dim": teacher.embed_dim,
+                        "mean": teacher.mean,
+                        "std": teacher.std,
+                        "known_classes": teacher.classes,
+                    },
+                    "skipped_images": source.skipped,
+                    "best_val": best,
+                    "val": val,
+                }
+                D.barrier()
+                if main and improved:  # the best by validation mIoU, outside the rotation
+                    R.save_best(out / "best.pt", state)
+                if main and save:
+                    last = out / f"step_{step:07d}.pt"
+                    R.save_checkpoint(last, state, cfg.keep)
                 D.barrier()
     finally:
-        bar.close()
-        if log is not None:
-            log.close()
+        log.close()
+        if hasattr(source, "close"):
+            source.close()
     if source.skipped:
         print(f"skipped {source.skipped} unreadable image files")
-    return last or latest_checkpoint(out)
+    return last or R.latest_checkpoint(out)
+
+
+def _validator(cfg: TrainConfig, teacher: Teacher):
+    """A ``train.evaluate.validate.Validator`` on ``cfg.val`` with the teacher's text
+    prototypes (the run's templates) and statistics."""
+    import open_clip
+
+    from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+    from train.evaluate.validate import Validator
+    from train.method.prototypes import text_prototypes
+
+    templates = SIMPLE_TEMPLATES if cfg.templates == "simple" else IMAGENET_TEMPLATES
+    tok = open_clip.get_tokenizer(teacher.name)
+    device = teacher.known.device
+
+    def prototypes(classes):
+        m = teacher.model
+        return text_prototypes(lambda t: m.encode_text(t.to(device)), tok, classes, templates)
+
+    return Validator(resolve_path(cfg.val), prototypes, teacher.mean, teacher.std,
+                     cfg.teacher_size, teacher.classes)  # fmt: skip

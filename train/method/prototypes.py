@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.method.segments import spherical_kmeans
+from train.kmeans import spherical_kmeans
 
 
 def text_prototypes(encode_text, tokenize, classes, templates) -> torch.Tensor:

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from clips4rt.bundle import OPENAI_MEAN, OPENAI_STD
 from train import ASSETS, CONFIGS
-from train.schedule import warmup_cosine
 from train.models.clip_loader import preprocess_stats
+from train.schedule import warmup_cosine
 from train.toyworld import world as toyworld
 
 DEFAULT_CONFIG = CONFIGS / "toy-teacher.json"
