@@ -94,7 +94,7 @@ def _segment(args) -> int:
     classes = _split(args.classes)
     if not classes:
         raise ValueError('--classes is empty: give names like --classes "cat,dog"')
-    seg = Segmenter(args.model, threads=args.threads)  # None: the embedded model
+    seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
     options = _options(args)
     seg._prompts(classes, **{k: v for k, v in options.items() if k != "size"})  # checks now
     if "size" in options:
@@ -134,7 +134,7 @@ def _video(args) -> int:
         raise ValueError('--classes is empty: give names like --classes "cat,dog"')
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
-    seg = Segmenter(args.model, threads=args.threads)  # None: the embedded model
+    seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
     options = _options(args)
     summary = segment_video(
         seg,
@@ -201,6 +201,22 @@ def _info(args) -> int:
     return 0
 
 
+def _device_options(args) -> dict:
+    providers = [x.strip() for x in args.providers.split(",")] if args.providers else None
+    return {"providers": providers, "postprocess": args.postprocess,
+            "trt_fp16": not args.no_trt_fp16, "trt_cache": args.trt_cache}  # fmt: skip
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--providers", help="onnxruntime providers, comma-separated (default: "
+                   "TensorRT/CUDA when available, then CPU)")  # fmt: skip
+    p.add_argument("--postprocess", choices=("auto", "cpu", "graph"), default="auto",
+                   help="matching on the host (cpu) or inside onnxruntime (graph); auto = "
+                   "graph on GPU providers")  # fmt: skip
+    p.add_argument("--trt-cache", help="TensorRT engine cache folder (~/.cache/clips4rt/trt)")
+    p.add_argument("--no-trt-fp16", action="store_true", help="TensorRT in float32")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="short side the graph runs at (default: bundle's)")
     p.add_argument("--templates", help="prompt templates: imagenet, simple, or a file (one a line)")
@@ -221,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
     _common(s)
+    _device(s)
     s.set_defaults(fn=_segment)
     v = sub.add_parser("video", help="segment a video file or camera into an overlay video")
     v.add_argument("input", help="video file, or a camera index (0 = /dev/video0)")
@@ -234,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-frames", type=int, help="stop after this many frames (cameras)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(v)
+    _device(v)
     v.set_defaults(fn=_video)
     d = sub.add_parser("demo", help="segment a bundled toy scene with the embedded model")
     d.add_argument("--out", default="clips4rt_demo", help="output folder")

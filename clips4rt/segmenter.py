@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clips4rt import bundle as B
+from clips4rt import device as DV
 from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
 from clips4rt.kernels import match_upsample, resize_rgb
@@ -30,7 +31,7 @@ __all__ = [
     "resolve_providers",
 ]
 
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_GPU_PROVIDERS = DV.GPU_PROVIDERS
 
 # Bounds checked before anything is allocated (each error names its bound and fix).
 MAX_TEMPLATES = 1000
@@ -125,6 +126,15 @@ class Segmenter:
         cache_dir: folder for an on-disk cache of prompt embeddings (keyed by the
             text graph's sha256, the templates and the class name), so that a
             restarted app skips the text graph; None = in memory only.
+        postprocess: "cpu" (the C++ kernels on the host), "graph" (matching and
+            upsampling inside onnxruntime, the embeddings never leaving the device:
+            ``clips4rt.device``), or "auto" (default): "graph" on CUDA/TensorRT,
+            "cpu" on the CPU provider.
+        trt_fp16, trt_cache, trt_max_side: TensorRT settings (used only with its
+            provider): fp16 kernels (default on), the engine cache folder (default
+            ``~/.cache/clips4rt/trt``: the first run builds engines, minutes; later
+            runs load them), the largest frame side of the dynamic-shape profile
+            (default 4x the bundle's input size).
     """
 
     def __init__(
@@ -137,11 +147,18 @@ class Segmenter:
         spin: bool = False,
         max_pixels: int | None | str = "default",
         max_input_pixels: int = MAX_INPUT_PIXELS,
+        postprocess: str = "auto",
+        trt_fp16: bool = True,
+        trt_cache=None,
+        trt_max_side: int | None = None,
     ):
         self.path = default_model() if path is None else Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         self.providers = resolve_providers(providers)
+        if postprocess not in DV.POSTPROCESS:
+            raise ValueError(f"postprocess must be one of {DV.POSTPROCESS}, got {postprocess!r}")
+        self._trt = None
         cores = os.cpu_count() or 1
         if threads is not None and not (
             isinstance(threads, int) and not isinstance(threads, bool) and 0 <= threads
@@ -169,9 +186,25 @@ class Segmenter:
             raise ValueError(f"post_threads must be an int in [0, 1024], got {post_threads!r}")
         self.post_threads = post_threads
         self.spin = bool(spin)
+        if "TensorrtExecutionProvider" in self.providers:  # profiles need the metadata first
+            meta = self._session(self.path, ["CPUExecutionProvider"], light=True)
+            info = B.BundleInfo.from_metadata(meta.get_modelmeta().custom_metadata_map,
+                                              str(self.path))  # fmt: skip
+            cache = trt_cache or Path.home() / ".cache" / "clips4rt" / "trt"
+            self._trt = DV.trt_options(cache, info.stride, info.input_size, trt_fp16,
+                                       trt_max_side)  # fmt: skip
+            del meta
         self._image = self._session(self.path)
         meta = self._image.get_modelmeta().custom_metadata_map
         self.info = B.BundleInfo.from_metadata(meta, str(self.path))
+        if self.info.precision == "int8" and self.providers[0] == "CUDAExecutionProvider":
+            raise BundleError(
+                f"{self.path} is an int8 bundle: onnxruntime's CUDA provider runs its "
+                "quantized layers slowly or not at all. Use providers=['CPUExecutionProvider'] "
+                "(int8 on AVX-512 VNNI / ARM dot-product CPUs) or TensorRT "
+                "(providers=['TensorrtExecutionProvider', ...]), or export a float bundle "
+                "for CUDA (--fp16)"
+            )
         text_path = self.path.parent / self.info.text_model
         if not text_path.is_file():
             raise BundleError(
@@ -183,8 +216,16 @@ class Segmenter:
                 f"{text_path} does not match the sha256 recorded in {self.path.name}: it "
                 "belongs to another export. Re-export the bundle."
             )
-        self._text = self._session(text_path)
+        self._text = self._session(text_path, [p for p in self.providers
+                                               if p != "TensorrtExecutionProvider"])  # fmt: skip
         self._check_io()
+        mode = postprocess
+        if mode == "auto":
+            mode = "graph" if DV.device_type(self.providers) == "cuda" else "cpu"
+        self.postprocess = mode
+        self._matcher = None
+        if mode == "graph":
+            self._matcher = DV.GraphMatcher(self._image, self.providers, self._options())
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._last_prompts = None
@@ -194,13 +235,20 @@ class Segmenter:
             else TextCache(cache_dir, self.info.text_model_sha256, self.info.embed_dim)
         )
 
-    def _session(self, path: Path) -> ort.InferenceSession:
+    def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        return opts
+
+    def _session(self, path: Path, providers=None, light=False) -> ort.InferenceSession:
+        opts = self._options()
+        if light:  # only to read the metadata
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        providers = DV.provider_list(providers or self.providers, self._trt)
         try:
-            return ort.InferenceSession(str(path), opts, providers=self.providers)
+            return ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises several private types here
             raise BundleError(
                 f"{path} is not a loadable ONNX model ({type(e).__name__}: {e}). Is the "
@@ -385,8 +433,20 @@ class Segmenter:
         """
         size = options.pop("size", None)
         classes, threshold, protos = self._prompts(classes, **options)
+        if self._matcher is not None:
+            return self._run_graph_post(image, size, protos, classes, threshold)
         image, emb = self._embed_one(image, size)
         return self._postprocess(emb, protos, image, classes, threshold)
+
+    def _run_graph_post(self, image, size, protos, classes, threshold) -> SegmentationResult:
+        """``run`` with the post-processing inside onnxruntime (``clips4rt.device``)."""
+        image = load_image(image, self.max_pixels)
+        hh, ww = self.working_size(*image.shape[:2], size)
+        labels, scores, probs = self._matcher.run(
+            self._resize(image, hh, ww)[None], protos, image.shape[:2],
+            self.info.logit_scale, len(classes), threshold,
+        )  # fmt: skip
+        return SegmentationResult(labels[0], probs[0], scores[0], list(classes), image)
 
     def _embed_one(self, image, size) -> tuple[np.ndarray, np.ndarray]:
         """(the image as HxWx3 uint8, its (D, h, w) embeddings)."""
@@ -406,6 +466,8 @@ class Segmenter:
     ) -> list[SegmentationResult]:
         """Segment several images; images of the same working size share one graph run."""
         classes, threshold, protos = self._prompts(classes, threshold, background, templates)
+        if self._matcher is not None:  # one frame at a time: each has its own output size
+            return [self._run_graph_post(im, size, protos, classes, threshold) for im in images]
         arrays = [load_image(im, self.max_pixels) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, a in enumerate(arrays):
@@ -454,9 +516,13 @@ class Segmenter:
             self.working_size(self.info.stride, self.info.stride, size)  # checks size
 
         def produce(frame):
+            if self._matcher is not None:  # the device does it all
+                return self._run_graph_post(frame, size, protos, classes, threshold)
             return self._embed_one(frame, size)
 
         def consume(item):
+            if self._matcher is not None:
+                return item
             image, emb = item
             return self._postprocess(emb, protos, image, classes, threshold)
 

@@ -371,7 +371,28 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="store weights as float16, compute in float32 (half-size files for CPU/edge)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize the image graph to int8 (static, QDQ, per-channel; CPU/edge and "
+        "TensorRT); needs --calibration",
+    )
+    p.add_argument("--calibration", help="folder of images like the deployment's (for --int8)")
+    p.add_argument(
+        "--calibration-count", type=int, default=64, help="calibration images used (--int8)"
+    )
     return p
+
+
+def _int8(args) -> dict:
+    """Quantize the float bundle just written at ``args.out`` (train.export.quantize)."""
+    import clips4rt
+    from train.export.quantize import calibration_frames, quantize_image_graph
+
+    seg = clips4rt.Segmenter(args.out, providers=["CPUExecutionProvider"])
+    frames = calibration_frames(args.calibration, args.calibration_count, seg)
+    del seg
+    return quantize_image_graph(args.out, frames)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,6 +407,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     background = tuple(c.strip() for c in args.background.split(",") if c.strip())
+    if args.int8 and (args.fp16 or args.fp16_weights):
+        print(
+            "error: --int8 quantizes the float32 image graph to 8-bit integers; --fp16 / "
+            "--fp16-weights make a float16 one: choose one",
+            file=sys.stderr,
+        )
+        return 2
+    if args.int8 and not args.calibration:
+        print("error: --int8 needs --calibration DIR (images like the deployment's)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         if args.checkpoint:
             info, errs = export_student(
@@ -398,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                 background=background,
                 fp16_weights=args.fp16_weights,
             )
+            if args.int8:
+                _report(args.out, info, errs)
+                return _int8_report(_int8(args))
             return _report(args.out, info, errs)
         model, name, mean, std = load_clip(args.clip, args.pretrained, args.model_config)
         info, errs = export_dense_clip(
@@ -415,10 +450,24 @@ def main(argv: list[str] | None = None) -> int:
             background=background,
             fp16_weights=args.fp16_weights,
         )
+        if args.int8:
+            _report(args.out, info, errs)
+            return _int8_report(_int8(args))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return _report(args.out, info, errs)
+
+
+def _int8_report(rep: dict) -> int:
+    print(
+        f"int8 image graph: pixel-embedding cosine to float on {rep['heldout_images']} held-out "
+        f"images: mean {rep['cosine_mean']:.4f}, 1st percentile {rep['cosine_p1']:.4f} (bound "
+        f"{rep['bound']['cosine_mean']} / {rep['bound']['cosine_p1']}); "
+        f"{len(rep['float_layers'])} layers kept in float; calibrated on "
+        f"{rep['calibration_images']} images"
+    )
+    return 0
 
 
 def _report(out, info, errs) -> int:
