@@ -102,7 +102,7 @@ def soak_threads(seg: clips4rt.Segmenter, imgs: list[np.ndarray]) -> None:
     dt = _on_threads(prompts, 8)
     print(
         f"text cache: 8 threads, {8 * 700 + 2} distinct prompts (cache holds 4096): "
-        f"{len(errors)} errors, cache size {len(seg._cache)} ({dt:.1f} s)"
+        f"{len(errors)} errors, cache size {len(seg.text._cache)} ({dt:.1f} s)"
     )
 
 

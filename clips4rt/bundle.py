@@ -197,3 +197,19 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def run_graph(sess, name: str, x, path) -> Any:
+    """One graph run; onnxruntime's own exception types become a BundleError that
+    names the bundle (the inputs were checked, so a failure is the graph's)."""
+    try:
+        return sess.run(None, {name: x})[0]
+    except Exception as e:  # onnxruntime raises private pybind types
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        raise BundleError(
+            f"{path}: onnxruntime failed on the {'image' if name == IMAGE_INPUT else 'text'}"
+            f" graph with input {x.dtype}{list(x.shape)} ({type(e).__name__}: "
+            f"{str(e)[:300]}); the bundle's graphs and metadata disagree or memory ran "
+            "out. Re-export the bundle, or pass a smaller size."
+        ) from e

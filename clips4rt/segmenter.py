@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,11 +14,11 @@ from clips4rt import device as DV
 from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
 from clips4rt.kernels import match_upsample, resize_rgb
-from clips4rt.prompts import MAX_NAME_CHARS, check_classes, check_templates
+from clips4rt.prompts import check_classes
 from clips4rt.result import SegmentationResult
 from clips4rt.stream import pipelined
-from clips4rt.textcache import TextCache
-from clips4rt.tokenizer import get_tokenizer, tokenize
+from clips4rt.text import TextEncoder
+from clips4rt.tokenizer import tokenize
 
 __all__ = [
     "SegmentationResult",
@@ -34,26 +31,9 @@ __all__ = [
 _GPU_PROVIDERS = DV.GPU_PROVIDERS
 
 # Bounds checked before anything is allocated (each error names its bound and fix).
-MAX_TEMPLATES = 1000
 MAX_SIZE = 4096  # the ``size`` option (short side of the graph input)
 MAX_INPUT_PIXELS = 1 << 22  # graph input pixels (2048 x 2048), Segmenter(max_input_pixels=)
 MAX_BATCH = 16  # images per graph run in run_batch (larger groups run in chunks)
-
-
-def _run_graph(sess: ort.InferenceSession, name: str, x: np.ndarray, path: Path) -> np.ndarray:
-    """One graph run; onnxruntime's own exception types become a BundleError that
-    names the bundle (the inputs were checked, so a failure is the graph's)."""
-    try:
-        return sess.run(None, {name: x})[0]
-    except Exception as e:  # onnxruntime raises private pybind types
-        if isinstance(e, (KeyboardInterrupt, MemoryError)):
-            raise
-        raise BundleError(
-            f"{path}: onnxruntime failed on the {'image' if name == B.IMAGE_INPUT else 'text'}"
-            f" graph with input {x.dtype}{list(x.shape)} ({type(e).__name__}: "
-            f"{str(e)[:300]}); the bundle's graphs and metadata disagree or memory ran "
-            "out. Re-export the bundle, or pass a smaller size."
-        ) from e
 
 
 def default_model() -> Path:
@@ -226,14 +206,8 @@ class Segmenter:
         self._matcher = None
         if mode == "graph":
             self._matcher = DV.GraphMatcher(self._image, self.providers, self._options())
-        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self.text = TextEncoder(self._text, self.info, text_path, cache_dir)
         self._last_prompts = None
-        self._disk = (
-            None
-            if cache_dir is None
-            else TextCache(cache_dir, self.info.text_model_sha256, self.info.embed_dim)
-        )
 
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
@@ -292,7 +266,7 @@ class Segmenter:
             return  # a probe at a new shape would make TensorRT build an engine (minutes)
         # one 4x4-token image through the graph (ms): the grid must follow the stride
         s = self.info.stride
-        grid = _run_graph(self._image, B.IMAGE_INPUT, np.zeros((1, 4 * s, 4 * s, 3), np.uint8),
+        grid = B.run_graph(self._image, B.IMAGE_INPUT, np.zeros((1, 4 * s, 4 * s, 3), np.uint8),
                           self.path)  # fmt: skip
         if grid.shape != (1, self.info.embed_dim, 4, 4):
             raise BundleError(
@@ -301,7 +275,7 @@ class Segmenter:
                 f"[1, {self.info.embed_dim}, 4, 4]); re-export the bundle"
             )
         # one text prompt through the graph (ms): its width must be embed_dim
-        probe = _run_graph(
+        probe = B.run_graph(
             self._text, B.TEXT_INPUT, tokenize(["a"], self.info.context_length), self.path
         )
         if probe.ndim != 2 or probe.shape[1] != self.info.embed_dim:
@@ -313,67 +287,9 @@ class Segmenter:
     # ------------------------------------------------------------------ text side
     def text_embeddings(self, classes: Sequence[str], templates=None) -> np.ndarray:
         """(K, D) float32 prototypes: per class, the unit mean of its unit-length
-        prompt embeddings over ``templates``. Cached per (class, templates): in
-        memory (the 4096 most recent) and in ``cache_dir`` if given."""
-        templates = check_templates(templates or self.info.prompt_templates)
-        if len(templates) > MAX_TEMPLATES or any(len(t) > MAX_NAME_CHARS for t in templates):
-            raise ValueError(
-                f"templates: at most {MAX_TEMPLATES} of at most {MAX_NAME_CHARS} characters each"
-            )
-        found = {}
-        with self._cache_lock:  # what is cached now is kept now: another thread may evict it
-            for c in dict.fromkeys(classes):
-                v = self._cache.get((c, templates))
-                if v is not None:
-                    found[c] = v
-            todo = [c for c in dict.fromkeys(classes) if c not in found]
-        if self._disk is not None:
-            for c in todo:
-                v = self._disk.get(c, templates)
-                if v is not None:
-                    found[c] = v
-            todo = [c for c in todo if c not in found]
-        if todo:
-            prompts = [t.replace("{}", c) for c in todo for t in templates]
-            ctx = self.info.context_length
-            tokens = tokenize(prompts, ctx)
-            full = np.nonzero(tokens[:, -1])[0]  # rows that fill the context: cut?
-            cut = [prompts[i] for i in full if len(get_tokenizer().encode(prompts[i])) + 2 > ctx]
-            if cut:
-                warnings.warn(
-                    f"{len(cut)} prompt(s) are longer than the text model's {ctx} tokens and "
-                    f"were cut, e.g. {cut[0][:80]!r}; shorten the class names",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            chunks = range(0, len(tokens), 256)
-            if len(chunks) > 4:  # many new prompts: show progress where a terminal is
-                try:
-                    from tqdm import tqdm
-
-                    chunks = tqdm(chunks, desc="text prompts", unit="x256", disable=None)
-                except ImportError:
-                    pass
-            emb = np.concatenate(
-                [
-                    _run_graph(self._text, B.TEXT_INPUT, tokens[i : i + 256], self.path)
-                    for i in chunks
-                ]
-            ).astype(np.float64)
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            emb = emb.reshape(len(todo), len(templates), -1).mean(axis=1)
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            for c, e in zip(todo, emb.astype(np.float32)):
-                found[c] = e
-                if self._disk is not None:
-                    self._disk.put(c, templates, e)
-        with self._cache_lock:
-            for c, e in found.items():  # (re)inserted as the most recent
-                self._cache[(c, templates)] = e
-                self._cache.move_to_end((c, templates))
-            while len(self._cache) > max(4096, len(found)):
-                self._cache.popitem(last=False)
-        return np.stack([found[c] for c in classes])
+        prompt embeddings over ``templates`` (default: the bundle's). Cached per (class,
+        templates): in memory (the 4096 most recent) and in ``cache_dir`` if given."""
+        return self.text.embeddings(classes, templates)
 
     # ----------------------------------------------------------------- image side
     def working_size(self, h: int, w: int, size: int | None = None) -> tuple[int, int]:
@@ -409,7 +325,7 @@ class Segmenter:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Run the image graph: (B, H, W, 3) uint8 -> (B, D, H/stride, W/stride) float32."""
-        return _run_graph(self._image, B.IMAGE_INPUT, images, self.path)
+        return B.run_graph(self._image, B.IMAGE_INPUT, images, self.path)
 
     def embed_image(self, image, size: int | None = None) -> np.ndarray:
         """Pixel embeddings of one image as ``run`` computes them: the image (path, PIL

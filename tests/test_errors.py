@@ -325,7 +325,7 @@ def test_text_cache_is_safe_under_eviction_from_other_threads(bundles):
     for th in threads:
         th.join()
     assert not errors, errors[:1]
-    assert len(seg._cache) <= 4096
+    assert len(seg.text._cache) <= 4096
 
 
 def test_image_formats_and_modes(tmp_path):

@@ -85,14 +85,14 @@ def test_background_threshold_and_classes(seg, rng):
 def test_text_embeddings_are_cached(bundles, rng):
     seg = clips4rt.Segmenter(bundles["clearclip"])
     calls = []
-    real = seg._text.run
+    real = seg.text.session.run
 
     class Spy:
         def run(self, *a, **k):
             calls.append(1)
             return real(*a, **k)
 
-    seg._text = Spy()
+    seg.text.session = Spy()
     img = _rgb(rng)
     first = seg.run(img, CLASSES)
     n = len(calls)
