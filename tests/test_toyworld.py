@@ -74,7 +74,7 @@ def test_write_dataset(tmp_path):
     caps = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert [c["image"] for c in caps] == ids
     split = json.loads((out / "split.json").read_text())
-    assert split["unknown"] == list(UNKNOWN_CLASSES)
+    assert split["unknown"] == list(UNKNOWN_CLASSES) and split["world_version"] == 1
     for i, cap in zip(ids, caps):
         img = Image.open(out / "JPEGImages" / f"{i}.jpg")
         mask = np.asarray(Image.open(out / "SegmentationClass" / f"{i}.png"))
@@ -103,7 +103,7 @@ def test_region_crop_captions_name_what_the_crop_shows():
     closeups = 0
     for i in range(60):
         s = make_scene(11, i)
-        crop, caption = region_crop(s, rng)
+        crop, caption, named_set, shown_set = region_crop(s, rng)
         side = crop.shape[0]
         assert crop.shape == (side, side, 3) and 24 <= side <= 128
         # find the window: crops are exact slices of the scene image
@@ -120,7 +120,7 @@ def test_region_crop_captions_name_what_the_crop_shows():
         ids, counts = np.unique(window, return_counts=True)
         shown = {CLASSES[c] for c, n in zip(ids, counts) if c != IGNORE and n >= need}
         named = {c for c in CLASSES if re.search(rf"\b{c}\b", caption)}
-        assert named == shown, (caption, shown)
+        assert named == shown == named_set == shown_set, (caption, shown)
         closeups += side < 64
     assert closeups >= 5  # thing close-ups are part of the mix
 
@@ -217,3 +217,49 @@ def test_teacher_pretraining_continues_from_init(tmp_path, capsys):
     assert "does not fit --config" in capsys.readouterr().err
     assert pretrain_teacher.main(["--init", str(tmp_path / "missing.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_sigmoid_loss_with_several_positives():
+    """SigLIP's loss where a caption is a positive of every image showing all it names."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from train.toyworld.teacher import sigmoid_loss, single_caption
+
+    shown = [frozenset({"sky", "ball"}), frozenset({"sky", "tree"}), frozenset({"grass"})]
+    named = [frozenset({"ball"}), frozenset({"sky", "tree"}), frozenset({"grass"})]
+    positive = torch.tensor([[n <= s for n in named] for s in shown])
+    assert positive.tolist() == [[True, False, False], [False, True, False],
+                                 [False, False, True]]  # fmt: skip
+    named[1] = frozenset({"sky"})  # "a photo of the sky." is true of images 0 and 1
+    positive = torch.tensor([[n <= s for n in named] for s in shown])
+    assert positive[:, 1].tolist() == [True, True, False]
+    logits = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
+    want = F.binary_cross_entropy_with_logits(logits, positive.float(), reduction="sum") / 3
+    torch.testing.assert_close(sigmoid_loss(logits, positive), want)
+    good = torch.where(positive, 5.0, -5.0)
+    assert sigmoid_loss(good, positive) < sigmoid_loss(-good, positive)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        caption, one = single_caption(rng, shown[0])
+        (c,) = one
+        assert c in shown[0] and re.search(rf"\b{c}\b", caption)
+
+
+def test_sigmoid_teacher_needs_a_bias_and_runs(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    import json
+
+    from train.toyworld import teacher
+
+    args = ["--steps", "2", "--batch", "4", "--pool", "8", "--heldout", "10", "--loss", "sigmoid",
+            "--single-p", "0.5", "--crop-prob", "0.5"]  # fmt: skip
+    assert teacher.main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "init_logit_bias" in capsys.readouterr().err
+    cfg = json.loads((teacher.CONFIGS / "toy-teacher.json").read_text())
+    cfg["init_logit_bias"] = -10
+    (tmp_path / "toy-teacher.json").write_text(json.dumps(cfg))
+    assert teacher.main([*args, "--config", str(tmp_path / "toy-teacher.json"),
+                         "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "b" / "toy-teacher.report.json").read_text())
+    assert report["loss"] == "sigmoid" and report["world_version"] == toyworld.WORLD_VERSION

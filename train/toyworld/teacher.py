@@ -1,5 +1,5 @@
-"""Pretrain the toy-world CLIP teacher: a small open_clip CLIP, contrastive on toy
-scenes and their captions, on the CPU.
+"""Pretrain the toy-world CLIP teacher: a small open_clip CLIP trained on toy scenes and
+their captions, on the CPU.
 
     python -m train.toyworld.teacher --out train/assets            # ~25 min on 2 cores
 
@@ -11,15 +11,21 @@ load through the same path as real weights:
     python -m train.export --model-config train/assets/toy-teacher.json \\
         --pretrained train/assets/toy-teacher.pt --dense sclip -o toy.onnx
 
+Losses: ``--loss softmax`` (the default, the committed teacher's recipe): CLIP's InfoNCE
+on whole-scene captions. ``--loss sigmoid``: SigLIP's pairwise loss (the config needs
+``init_logit_bias``) with several positives per image - a caption is a positive of
+every image in the batch that shows all it names - usually with ``--single-p 0.5``
+(half the captions replaced by one naming a single class the image shows, the alt text
+of one object), ``--crop-prob 0.5`` (region crops captioned with what they show) and
+``--refresh 16`` (never-seen scenes each step). Under softmax the 14 things stayed
+unlearnt; under sigmoid they are learnt within a few hundred steps where the image
+tower sees them (BENCHMARKS.md, issue 12).
+
 Reports, on held-out scenes: zero-shot "which classes are present" recall@k (k = the
 number of classes present), zero-shot presence AP for stuff and things against the
 things' base rate, and the things AP of a linear probe on the image embeddings (does
-the image encoder see things at all?). ``--measure CKPT`` reports on any checkpoint.
-
-Fixed pool or fresh scenes: by default the ``--pool`` scenes are made once, and a few
-thousand steps memorise their captions; ``--refresh N`` replaces N pool scenes with
-never-seen ones every step (``--workers`` processes make them while a step trains,
-for a GPU machine). The committed teacher is the fixed-pool recipe above.
+the image encoder see things at all?). ``--measure CKPT`` reports on any checkpoint;
+``--measure-every N`` reports and checkpoints during a run (continue with ``--init``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -67,13 +74,23 @@ def _images(scenes, size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor
     return (x - mean) / std
 
 
-def region_crop(scene, rng: np.random.Generator, min_frac: float = 0.02):
+class Sample(NamedTuple):
+    """One training image and its caption: what the caption names and what the image
+    shows (class-name sets; a caption is a positive of every image showing all it names)."""
+
+    image: np.ndarray  # (h, w, 3) uint8
+    caption: str
+    named: frozenset
+    shown: frozenset
+
+
+def region_crop(scene, rng: np.random.Generator, min_frac: float = 0.02) -> Sample:
     """A square crop of ``scene`` and a caption naming only what the crop shows.
 
     Half the time the crop is centred on one of the scene's things, 1.5-3x its extent
     (close-ups, like single-object web photos), else a random box of 35-100% of the side.
     A class is named when it covers at least ``min_frac`` of the crop and
-    ``toyworld.MIN_VISIBLE`` scaled pixels. Returns (uint8 crop, caption)."""
+    ``toyworld.MIN_VISIBLE`` scaled pixels."""
     mask = scene.mask
     H, W = mask.shape
     things = [c for c in scene.classes if c in toyworld.THINGS]
@@ -96,7 +113,41 @@ def region_crop(scene, rng: np.random.Generator, min_frac: float = 0.02):
     ]
     stuff = [c for c in present if c in toyworld.STUFF] or ["the background"]
     caption = toyworld._caption(rng, [c for c in present if c in toyworld.THINGS], stuff)
-    return scene.image[y0 : y0 + side, x0 : x0 + side], caption
+    image = scene.image[y0 : y0 + side, x0 : x0 + side]
+    return Sample(image, caption, frozenset(present), frozenset(present))
+
+
+SINGLE_FORMS = ("a photo of {}.", "a picture of {}.", "{}.", "there is {} in the picture.",
+                "a photo with {}.")  # fmt: skip
+
+
+def single_caption(rng: np.random.Generator, shown) -> tuple[str, frozenset]:
+    """A caption naming one class of ``shown`` (the alt text of one object in a photo),
+    and the set it names."""
+    c = sorted(shown)[rng.integers(len(shown))]
+    if c in toyworld.STUFF:
+        noun = "a brick wall" if c == "brick wall" else "the " + c
+    else:
+        noun = ("an " if c[0] in "aeiou" else "a ") + c
+    return SINGLE_FORMS[rng.integers(len(SINGLE_FORMS))].format(noun), frozenset([c])
+
+
+def sigmoid_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss with several positives: every (image, caption) pair of the batch is a
+    binary decision, positive where the image shows all the caption names. ``logits``
+    (B, B) = scale * cosine + bias; summed over captions, averaged over images."""
+    sign = torch.where(positive, 1.0, -1.0)
+    return -F.logsigmoid(sign * logits).sum() / len(logits)
+
+
+def softmax_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE; identical captions within the batch count as positives."""
+    same = (tokens[:, None, :] == tokens[None, :, :]).all(-1).float()
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (
+        torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+        + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
+    )
 
 
 @torch.no_grad()
@@ -240,6 +291,8 @@ def pretrain(
     workers: int = 0,
     heldout_count: int = 500,
     init: Path | None = None,
+    loss: str = "softmax",
+    single_p: float = 0.0,
 ) -> dict:
     import open_clip
 
@@ -260,6 +313,11 @@ def pretrain(
             )
         except RuntimeError as e:
             raise ValueError(f"--init {init} does not fit --config {config}: {e}") from None
+    if loss == "sigmoid" and getattr(model, "logit_bias", None) is None:
+        raise ValueError(
+            f"--loss sigmoid needs a learnable bias: add \"init_logit_bias\": -10 to {config} "
+            "(open_clip's SigLIP setting), or use --loss softmax"
+        )
     tokenizer = open_clip.get_tokenizer(name)
     size = model.visual.image_size[0]
     stats = preprocess_stats(model)
@@ -299,12 +357,20 @@ def pretrain(
         idx = torch.randperm(pool, generator=gen)[:batch]
         crop = torch.rand(batch, generator=gen) < crop_prob
         images, tok = [scenes[i].image for i in idx.tolist()], tokens[idx].clone()
+        shown = [frozenset(scenes[i].classes) for i in idx.tolist()]
+        named = list(shown)  # a scene's caption names all it shows
         rows = torch.nonzero(crop).flatten().tolist()
         if rows:
             crops = [region_crop(scenes[int(idx[j])], rng) for j in rows]
-            for j, (img, _) in zip(rows, crops):
-                images[j] = img
-            tok[rows] = tokenizer([caption for _, caption in crops])
+            for j, c in zip(rows, crops):
+                images[j], named[j], shown[j] = c.image, c.named, c.shown
+            tok[rows] = tokenizer([c.caption for c in crops])
+        singles = [j for j in range(batch) if shown[j] and rng.random() < single_p]
+        if singles:  # some captions name one object of the image (alt text)
+            made = [single_caption(rng, shown[j]) for j in singles]
+            tok[singles] = tokenizer([m[0] for m in made])
+            for j, m in zip(singles, made):
+                named[j] = m[1]
         x = _images(images, size, *stats)
         flip = torch.rand(batch, generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
@@ -312,17 +378,15 @@ def pretrain(
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tok, normalize=True)
         logits = model.logit_scale.exp() * img @ txt.T
-        # captions can repeat within a batch: count identical captions as positives
-        same = (tok[:, None, :] == tok[None, :, :]).all(-1).float()
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (
-            torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
-            + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
-        )
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr")
+        if loss == "sigmoid":
+            positive = torch.tensor([[n <= s for n in named] for s in shown], device=device)
+            value = sigmoid_loss(logits + model.logit_bias, positive)
+        else:
+            value = softmax_loss(logits, tok)
+        if not torch.isfinite(value):
+            raise RuntimeError(f"loss became {value.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -330,7 +394,7 @@ def pretrain(
             model.logit_scale.clamp_(0, math.log(100))
         if step % log_every == 0 or step == steps - 1:
             print(
-                f"step {step:5d}  loss {loss.item():.3f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"step {step:5d}  loss {value.item():.3f}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{(time.time() - t0) / (step + 1):.2f} s/step",
                 flush=True,
             )
@@ -354,6 +418,9 @@ def pretrain(
         "init": str(init) if init else None,
         "seed": seed,
         "crop_prob": crop_prob,
+        "loss": loss,
+        "single_p": single_p,
+        "world_version": toyworld.WORLD_VERSION,
         "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
         "minutes": minutes,
         **held,
@@ -407,6 +474,19 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of samples replaced by a region crop captioned with what it shows",
     )
+    p.add_argument(
+        "--loss",
+        choices=("sigmoid", "softmax"),
+        default="softmax",
+        help="sigmoid: SigLIP's pairwise loss, a caption positive for every image showing "
+        "all it names (needs init_logit_bias in the config); softmax: CLIP's InfoNCE",
+    )
+    p.add_argument(
+        "--single-p",
+        type=float,
+        default=0.0,
+        help="share of captions replaced by one naming a single class the image shows",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument(
         "--measure",
@@ -439,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init is not None and not args.init.is_file():
         print(f"error: --init {args.init}: no such checkpoint", file=sys.stderr)
         return 2
-    if not 0.0 <= args.crop_prob <= 1.0:
-        print("error: --crop-prob must be within [0, 1]", file=sys.stderr)
+    if not (0.0 <= args.crop_prob <= 1.0 and 0.0 <= args.single_p <= 1.0):
+        print("error: --crop-prob and --single-p must be within [0, 1]", file=sys.stderr)
         return 2
     device = args.device
     if device == "auto":
@@ -461,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             heldout_count=args.heldout,
             init=args.init,
+            loss=args.loss,
+            single_p=args.single_p,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+WORLD_VERSION = 1  # written into split.json; figures name the world they were made on
 STUFF = ("sky", "grass", "water", "sand", "brick wall", "snow")
 THINGS = (
     "ball",
@@ -401,6 +402,7 @@ def write_dataset(out: str | Path, seed: int, count: int, size: int = 128) -> Pa
         "seed": seed,
         "count": count,
         "size": size,
+        "world_version": WORLD_VERSION,
     }
     (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")
     return out
