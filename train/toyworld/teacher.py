@@ -315,7 +315,7 @@ def pretrain(
             raise ValueError(f"--init {init} does not fit --config {config}: {e}") from None
     if loss == "sigmoid" and getattr(model, "logit_bias", None) is None:
         raise ValueError(
-            f"--loss sigmoid needs a learnable bias: add \"init_logit_bias\": -10 to {config} "
+            f'--loss sigmoid needs a learnable bias: add "init_logit_bias": -10 to {config} '
             "(open_clip's SigLIP setting), or use --loss softmax"
         )
     tokenizer = open_clip.get_tokenizer(name)
