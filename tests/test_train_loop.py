@@ -144,12 +144,15 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data):
     if data == "folder":
         from PIL import Image
 
-        from train.toyworld import make_scene
+        from train.toyworld import make_scene, write_dataset
 
         (tmp_path / "imgs").mkdir()
         for i in range(6):
             Image.fromarray(make_scene(9, i).image).save(tmp_path / "imgs" / f"{i}.png")
         args += [f"--data={tmp_path / 'imgs'}", "--workers=1"]
+        # validation at step 1 (rank 0 alone improves its best.pt between checkpoints)
+        val = write_dataset(tmp_path / "val", seed=5, count=2, size=64)
+        args += [f"--val={val}", "--val_every=1"]
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
          "-m", "train", *args, f"--out={tmp_path}/ddp"],
@@ -162,6 +165,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data):
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=1e-4, msg=k)
     torch.testing.assert_close(b["unknown"]["memory"], a["unknown"]["memory"])
+    if data == "folder":
+        best = [torch.load(tmp_path / d / "best.pt", weights_only=True) for d in ("one", "ddp")]
+        assert best[0]["step"] == best[1]["step"] and best[0]["val"] and best[1]["val"]
     rows = lambda d: (tmp_path / d / "metrics.csv").read_text().splitlines()[1:]  # noqa: E731
     for ra, rb in zip(rows("one"), rows("ddp")):
         np.testing.assert_allclose(

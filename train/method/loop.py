@@ -313,7 +313,7 @@ def train(
             improved = val is not None and val["miou"] > best
             if improved:
                 best = val["miou"]
-            if save or improved:
+            if main and (save or improved):  # only rank 0 writes
                 state = {
                     "model": student.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -336,11 +336,12 @@ def train(
                     "best_val": best,
                     "val": val,
                 }
+            if main and improved:  # the best by validation mIoU, outside the rotation
+                R.save_best(out / "best.pt", state)
+            if save:  # every rank reaches this step together (improved is rank 0's alone)
+                last = out / f"step_{step:07d}.pt"
                 D.barrier()
-                if main and improved:  # the best by validation mIoU, outside the rotation
-                    R.save_best(out / "best.pt", state)
-                if main and save:
-                    last = out / f"step_{step:07d}.pt"
+                if main:
                     R.save_checkpoint(last, state, cfg.keep)
                 D.barrier()
     finally:
