@@ -28,7 +28,6 @@ __all__ = [
     "resolve_providers",
 ]
 
-_GPU_PROVIDERS = DV.GPU_PROVIDERS
 
 # Bounds checked before anything is allocated (each error names its bound and fix).
 MAX_SIZE = 4096  # the ``size`` option (short side of the graph input)
@@ -64,7 +63,7 @@ def resolve_providers(providers: Sequence[str] | None) -> list[str]:
     """TensorRT/CUDA when onnxruntime-gpu sees them, then CPU; or the explicit list."""
     available = ort.get_available_providers()
     if providers is None:
-        return [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+        return [p for p in DV.GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
     if isinstance(providers, str):
         providers = [providers]
     unknown = [p for p in providers if p not in available]

@@ -59,7 +59,7 @@ def test_each_epoch_visits_every_image_once(tmp_path):
     stream = ImageStream(catalog(str(data)), 32, batch=3, seed=0)
     it = iter(stream)
     epoch = torch.cat([next(it)[1] for _ in range(2)])  # 6 images = one epoch
-    keys = {bytes(x.numpy().tobytes()) for x in epoch}
+    keys = {x.numpy().tobytes() for x in epoch}
     assert len(keys) == 6
 
 

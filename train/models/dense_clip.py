@@ -21,14 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clips4rt.bundle import KIND_PATTERN
+
 #: name -> f(block, tokens (B, L, C)) -> tokens: the last block's dense replacement
 DENSE_MODES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {}
 
 
 def dense_mode(name: str):
     """Register the decorated ``f(block, x)`` as the dense mode ``name``."""
-    if not re.fullmatch(r"[a-z][a-z0-9_.+-]{0,31}", name) or name == "clip-s4":
-        raise ValueError(f"dense mode name {name!r}: lower-case letters, digits, _.+- only")
+    if not re.fullmatch(KIND_PATTERN, name) or name == "clip-s4":  # it becomes the bundle's kind
+        raise ValueError(f"dense mode name {name!r} must match {KIND_PATTERN} (not 'clip-s4')")
 
     def register(fn):
         DENSE_MODES[name] = fn
