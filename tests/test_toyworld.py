@@ -74,7 +74,8 @@ def test_write_dataset(tmp_path):
     caps = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert [c["image"] for c in caps] == ids
     split = json.loads((out / "split.json").read_text())
-    assert split["unknown"] == list(UNKNOWN_CLASSES) and split["world_version"] == 1
+    assert split["unknown"] == list(UNKNOWN_CLASSES)
+    assert split["world_version"] == toyworld.WORLD_VERSION == 3
     for i, cap in zip(ids, caps):
         img = Image.open(out / "JPEGImages" / f"{i}.jpg")
         mask = np.asarray(Image.open(out / "SegmentationClass" / f"{i}.png"))
@@ -202,8 +203,9 @@ def test_teacher_pretraining_continues_from_init(tmp_path, capsys):
     from train.toyworld import teacher as pretrain_teacher
 
     assets = pretrain_teacher.ASSETS
-    args = ["--steps", "1", "--batch", "4", "--pool", "8", "--heldout", "20", "--lr", "1e-12"]
-    args += ["--init", str(assets / "toy-teacher.pt"), "--config", str(assets / "toy-teacher.json")]
+    args = ["--steps", "1", "--batch", "4", "--pool", "8", "--refresh", "4", "--heldout", "20"]
+    args += ["--lr", "1e-12", "--init", str(assets / "toy-teacher.pt")]
+    args += ["--config", str(assets / "toy-teacher.json")]
     assert pretrain_teacher.main([*args, "--out", str(tmp_path / "a")]) == 0
     before = torch.load(assets / "toy-teacher.pt")["state_dict"]
     after = torch.load(tmp_path / "a" / "toy-teacher.pt")["state_dict"]
@@ -247,19 +249,51 @@ def test_sigmoid_loss_with_several_positives():
 
 
 def test_sigmoid_teacher_needs_a_bias_and_runs(tmp_path, capsys):
+    """The recipe (sigmoid loss) needs the config's learnable bias: a config without one is
+    an error naming the key; the committed config has it and trains; --stop-after ends a
+    run early on the longer schedule (its learning rate is the schedule's at that step)."""
     pytest.importorskip("open_clip")
     import json
 
     from train.toyworld import teacher
 
-    args = ["--steps", "2", "--batch", "4", "--pool", "8", "--heldout", "10", "--loss", "sigmoid",
-            "--single-p", "0.5", "--crop-prob", "0.5"]  # fmt: skip
-    assert teacher.main([*args, "--out", str(tmp_path / "a")]) == 2
-    assert "init_logit_bias" in capsys.readouterr().err
+    args = ["--steps", "4", "--batch", "4", "--pool", "8", "--refresh", "4", "--heldout", "10",
+            "--loss", "sigmoid", "--single-p", "0.5", "--crop-prob", "0.5"]  # fmt: skip
     cfg = json.loads((teacher.CONFIGS / "toy-teacher.json").read_text())
-    cfg["init_logit_bias"] = -10
-    (tmp_path / "toy-teacher.json").write_text(json.dumps(cfg))
-    assert teacher.main([*args, "--config", str(tmp_path / "toy-teacher.json"),
-                         "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert cfg["init_logit_bias"] == -10
+    del cfg["init_logit_bias"]
+    (tmp_path / "no-bias.json").write_text(json.dumps(cfg))
+    no_bias = ["--config", str(tmp_path / "no-bias.json")]
+    assert teacher.main([*args, *no_bias, "--out", str(tmp_path / "a")]) == 2
+    assert "init_logit_bias" in capsys.readouterr().err
+    assert teacher.main([*args, "--stop-after", "2", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "step     1 " in out and "step     2 " not in out
     report = json.loads((tmp_path / "b" / "toy-teacher.report.json").read_text())
     assert report["loss"] == "sigmoid" and report["world_version"] == toyworld.WORLD_VERSION
+    assert report["steps"] == 4 and report["stop_after"] == 2 and report["scenes_seen"] == 8 + 4
+    assert teacher.main([*args, "--stop-after", "5"]) == 2
+    assert "--stop-after <= --steps" in capsys.readouterr().err
+
+
+def test_committed_teacher_knows_the_things():
+    """The committed teacher: its report states world v3 and the recipe, and it knows the
+    things (zero-shot presence mAP, issue 12: >= 0.45) on scenes of another seed."""
+    from train import ASSETS
+
+    report = json.loads((ASSETS / "toy-teacher.report.json").read_text())
+    assert report["world_version"] == toyworld.WORLD_VERSION
+    assert report["loss"] == "sigmoid" and (report["steps"], report["stop_after"]) == (4000, 2000)
+    assert report["things_map"] >= 0.45 and report["stuff_map"] >= 0.8
+    pytest.importorskip("open_clip")
+    import open_clip
+
+    from train.models.clip_loader import load_clip
+    from train.toyworld.teacher import measure
+
+    model, name, _, _ = load_clip(
+        model_config=ASSETS / "toy-teacher.json", pretrained=ASSETS / "toy-teacher.pt"
+    )
+    scenes = [toyworld.make_scene(7007, i) for i in range(160)]  # scenes no report used
+    held = measure(model, open_clip.get_tokenizer(name), model.visual.image_size[0], scenes)
+    assert held["things_map"] >= 0.45 and held["stuff_map"] >= 0.8, held

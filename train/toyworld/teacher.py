@@ -1,7 +1,7 @@
 """Pretrain the toy-world CLIP teacher: a small open_clip CLIP trained on toy scenes and
-their captions, on the CPU.
+their captions, from random weights, on the CPU.
 
-    python -m train.toyworld.teacher --out train/assets            # ~25 min on 2 cores
+    python -m train.toyworld.teacher --out train/assets --stop-after 2000  # the committed one
 
 Real open_clip model code and BPE tokenizer; the model config is an open_clip JSON
 (``train/configs/toy-teacher.json``). Writes ``<out>/toy-teacher.pt`` (open_clip
@@ -11,15 +11,14 @@ load through the same path as real weights:
     python -m train.export --model-config train/assets/toy-teacher.json \\
         --pretrained train/assets/toy-teacher.pt --dense sclip -o toy.onnx
 
-Losses: ``--loss softmax`` (the default, the committed teacher's recipe): CLIP's InfoNCE
-on whole-scene captions. ``--loss sigmoid``: SigLIP's pairwise loss (the config needs
-``init_logit_bias``) with several positives per image - a caption is a positive of
-every image in the batch that shows all it names - usually with ``--single-p 0.5``
-(half the captions replaced by one naming a single class the image shows, the alt text
-of one object), ``--crop-prob 0.5`` (region crops captioned with what they show) and
-``--refresh 16`` (never-seen scenes each step). Under softmax the 14 things stayed
-unlearnt; under sigmoid they are learnt within a few hundred steps where the image
-tower sees them (BENCHMARKS.md, issue 12).
+The recipe (the defaults): SigLIP's sigmoid loss (``--loss sigmoid``, the config's
+``init_logit_bias``) with several positives per image: a caption is a positive of
+every image in the batch that shows all it names. Half the captions are replaced by
+one naming a single class the image shows (``--single-p``: the alt text of one object,
+as web photos have), half the images by region crops captioned with what they show
+(``--crop-prob``), and 16 never-seen scenes enter the pool each step (``--refresh``).
+CLIP's softmax loss (``--loss softmax``) on whole-scene captions, the recipe before,
+left the 14 things unlearnt (BENCHMARKS.md, issue 12).
 
 Reports, on held-out scenes: zero-shot "which classes are present" recall@k (k = the
 number of classes present), zero-shot presence AP for stuff and things against the
@@ -291,10 +290,16 @@ def pretrain(
     workers: int = 0,
     heldout_count: int = 500,
     init: Path | None = None,
-    loss: str = "softmax",
-    single_p: float = 0.0,
+    loss: str = "sigmoid",
+    single_p: float = 0.5,
+    stop_after: int | None = None,
 ) -> dict:
+    """Train a teacher with a ``steps``-long schedule; ``stop_after`` ends it early (the
+    learning rate still follows the ``steps`` schedule). Writes the checkpoint, config
+    and report into ``out``; returns the report."""
     import open_clip
+
+    end = min(stop_after or steps, steps)
 
     torch.manual_seed(seed)
     open_clip.add_model_config(config)
@@ -345,7 +350,7 @@ def pretrain(
     pending = ahead(fresh)
     model.train()
     t0 = time.time()
-    for step in range(steps):
+    for step in range(end):
         if refresh and step:  # replace `refresh` random pool scenes with new ones
             slots = torch.randperm(pool, generator=gen)[:refresh]
             new = pending.get() if pending else mapper(make, range(fresh, fresh + refresh))
@@ -353,7 +358,7 @@ def pretrain(
                 scenes[slot] = scene
             tokens[slots] = tokenizer([scene.caption for scene in new])
             fresh += refresh
-            pending = ahead(fresh) if step + 1 < steps else None
+            pending = ahead(fresh) if step + 1 < end else None
         idx = torch.randperm(pool, generator=gen)[:batch]
         crop = torch.rand(batch, generator=gen) < crop_prob
         images, tok = [scenes[i].image for i in idx.tolist()], tokens[idx].clone()
@@ -392,13 +397,13 @@ def pretrain(
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % log_every == 0 or step == steps - 1:
+        if step % log_every == 0 or step == end - 1:
             print(
                 f"step {step:5d}  loss {value.item():.3f}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{(time.time() - t0) / (step + 1):.2f} s/step",
                 flush=True,
             )
-        if measure_every and (step + 1) % measure_every == 0 and step + 1 < steps:
+        if measure_every and (step + 1) % measure_every == 0 and step + 1 < end:
             print(f"step {step + 1:5d}  {json.dumps(measure(model, tokenizer, size, heldout))}")
             # a checkpoint at every report: a long run stopped early (a session's end)
             # continues from it with --init
@@ -410,6 +415,7 @@ def pretrain(
     _save_teacher(model, config, out, name, f"{name}.pt")
     report = {
         "steps": steps,
+        "stop_after": stop_after,
         "batch": batch,
         "lr": lr,
         "pool": pool,
@@ -437,14 +443,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--out", type=Path, default=ASSETS)
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=4000, help="length of the lr schedule")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        help="stop after this many steps of the --steps schedule (the committed teacher: "
+        "2000 of 4000)",
+    )
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--pool", type=int, default=6000, help="training scenes generated up front")
     p.add_argument(
         "--refresh",
         type=int,
-        default=0,
+        default=16,
         help="pool scenes replaced by never-seen ones each step (0 = fixed pool; a fixed "
         "pool is memorised within a few thousand steps)",
     )
@@ -471,20 +483,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--crop-prob",
         type=float,
-        default=0.0,
+        default=0.5,
         help="share of samples replaced by a region crop captioned with what it shows",
     )
     p.add_argument(
         "--loss",
         choices=("sigmoid", "softmax"),
-        default="softmax",
+        default="sigmoid",
         help="sigmoid: SigLIP's pairwise loss, a caption positive for every image showing "
         "all it names (needs init_logit_bias in the config); softmax: CLIP's InfoNCE",
     )
     p.add_argument(
         "--single-p",
         type=float,
-        default=0.0,
+        default=0.5,
         help="share of captions replaced by one naming a single class the image shows",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -499,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch < 2 or args.pool < args.batch:
         print("error: need --steps >= 1, --batch >= 2 and --pool >= --batch", file=sys.stderr)
+        return 2
+    if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
+        print("error: need 1 <= --stop-after <= --steps", file=sys.stderr)
         return 2
     if not (0 <= args.refresh <= args.pool and args.workers >= 0 and args.heldout >= 1):
         print(
@@ -543,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             init=args.init,
             loss=args.loss,
             single_p=args.single_p,
+            stop_after=args.stop_after,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

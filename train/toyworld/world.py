@@ -5,7 +5,13 @@ The offline stand-in for real images + a real CLIP (DESIGN.md). 6 "stuff" classe
 textures); each scene has 1-2 stuff regions and 1-4 things with occlusion, scale and
 position variety, and lighting / colour-cast / noise variation. Colour alone names no
 class: every class draws its colours from several hues, and hues are shared across
-classes (blue sky / water / fish / car, white snow / clouds / ring, ...).
+classes (blue sky / water / fish / car, white snow / clouds / ring, ...). As with real
+objects, each thing has a typical hue (trees are usually green, cars usually black:
+``TYPICAL_COLOUR``, drawn 75 % of the time), and things are drawn large enough to be
+seen at the teacher's resolution (radius 12-28 % of the scene's side); still a
+nearest-mean-colour classifier names under 60 % of the classes it sees (a test). This
+is world version 3 (``WORLD_VERSION``, written into ``split.json``); versions 1-2
+(every hue equally likely, smaller things) are in git history with their figures.
 
 Fixed split (``UNKNOWN_CLASSES``): 5 of the 20 classes are "unknown", never named to
 CLIP-S4 training; the teacher still learns them from its captions.
@@ -29,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-WORLD_VERSION = 1  # written into split.json; figures name the world they were made on
+WORLD_VERSION = 3  # written into split.json; figures name the world they were made on
 STUFF = ("sky", "grass", "water", "sand", "brick wall", "snow")
 THINGS = (
     "ball",
@@ -67,7 +73,29 @@ PALETTE = {
     "gray": (130, 130, 130),
     "brown": (130, 85, 45),
     "black": (35, 35, 40),
+    "lime": (160, 215, 50),
+    "magenta": (215, 50, 190),
 }
+# Each thing's typical hue, drawn with probability TYPICAL_P, else any hue of its
+# THING_COLOURS list. No two things share a typical hue. (World v3; v1 had none: there a
+# small CLIP could not learn the things from captions, BENCHMARKS.md, issue 12.)
+TYPICAL_COLOUR = {
+    "ball": "red",
+    "box": "brown",
+    "star": "yellow",
+    "heart": "pink",
+    "pyramid": "orange",
+    "ring": "teal",
+    "cross": "white",
+    "moon": "gray",
+    "tree": "green",
+    "house": "purple",
+    "fish": "blue",
+    "flower": "magenta",
+    "car": "black",
+    "kite": "lime",
+}
+TYPICAL_P = 0.75
 THING_COLOURS = {
     "ball": ("red", "blue", "yellow", "green", "orange", "purple", "white"),
     "box": ("brown", "orange", "gray", "blue", "red"),
@@ -170,7 +198,7 @@ def _draw_thing(rng, name, h, w):
     """Return (shape mask (h, w) bool, colour image (h, w, 3) float) of one thing."""
     m = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(m)
-    r = float(rng.uniform(0.08, 0.25) * min(h, w))
+    r = float(rng.uniform(0.12, 0.28) * min(h, w))
     cx, cy = float(rng.uniform(r * 0.6, w - r * 0.6)), float(rng.uniform(r * 0.6, h - r * 0.6))
     rot = float(rng.uniform(0, 2 * np.pi))
     extra = Image.new("L", (w, h), 0)  # a second part coloured differently
@@ -272,7 +300,8 @@ def _draw_thing(rng, name, h, w):
 
 
 def _thing_colour(rng, name, h, w, cx, cy, r):
-    base = _jitter(rng, PALETTE[rng.choice(THING_COLOURS[name])], 22)
+    hue = TYPICAL_COLOUR[name] if rng.random() < TYPICAL_P else rng.choice(THING_COLOURS[name])
+    base = _jitter(rng, PALETTE[hue], 22)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     kind = rng.choice(
         ["solid", "stripes", "dots", "checker", "shade"], p=[0.35, 0.2, 0.15, 0.1, 0.2]
