@@ -46,6 +46,33 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
 
 
+def test_crop_targets_with_centring_train_and_resume_exactly(tmp_path):
+    """--teacher_targets=both --teacher_center=0.5: the teacher's global embeddings of
+    segment crops (with its dense features) as targets, its logits centred; the centre
+    is saved and restored, so a resumed run equals an uninterrupted one; the options
+    enter the config hash (a run from before they existed keeps its hash)."""
+    extra = ["--steps=4", "--teacher_targets=both", "--teacher_center=0.5"]
+    full = torch.load(train(_cfg(tmp_path / "full", *extra)), weights_only=True)
+    unknown = len(full["unknown"]["protos"])  # known + unknown prototypes (once there)
+    assert full["centering"]["center"].shape == (15 + unknown,)
+    cfg = _cfg(tmp_path / "cut", *extra)
+    train(cfg, stop_after=3)
+    resumed = torch.load(train(cfg, resume=True), weights_only=True)
+    for k, v in full["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
+    torch.testing.assert_close(resumed["centering"]["center"], full["centering"]["center"])
+    dense = _cfg(tmp_path / "e", "--teacher_targets=dense", "--teacher_center=0")
+    hashes = {c.model_hash() for c in (cfg, _cfg(tmp_path / "d"), dense)}
+    assert len(hashes) == 3
+    # a run from before the options existed (dense targets, no centring) keeps its hash
+    import hashlib
+    import json
+
+    old = {k: getattr(dense, k) for k in dense.MODEL_FIELDS}
+    old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert dense.model_hash() == old_hash
+
+
 def test_resume_refuses_another_config(tmp_path):
     train(_cfg(tmp_path, "--steps=2"))
     with pytest.raises(ValueError, match="another configuration"):

@@ -239,3 +239,72 @@ def test_cnn_student_top_stride_16_drops_the_last_stage():
     torch.testing.assert_close(z.norm(dim=1), torch.ones(2, 12, 10))
     with pytest.raises(ValueError, match="top_stride must be 16 or 32"):
         build_student("resnet10t", 64, top_stride=8)
+
+
+def test_segment_crops_cut_out_each_segment():
+    """Each non-empty segment's crop shows its own pixels and the fill value around them
+    (inside and outside the view), cut to the square box around the segment; crops come
+    in segment_means' order."""
+    from train.method.crops import segment_crops
+
+    h = w = 4
+    S = 32  # 8 px cells
+    views = torch.arange(1, 3 * S * S + 1, dtype=torch.float32).view(1, 3, S, S).repeat(2, 1, 1, 1)
+    views[1] *= -1
+    lab = torch.zeros(2, h, w, dtype=torch.long)
+    lab[0, :2, :2] = 2  # image 0: segment 2 = top-left 2x2 cells, segment 0 the rest
+    lab[1] = 1  # image 1: one segment (1); segments 0, 2 empty
+    lab = lab.view(2, h * w)
+    crops = segment_crops(views, lab, 3, (h, w), size=S)  # fill 0
+    grey = segment_crops(views, lab, 3, (h, w), size=S, fill=torch.tensor([1.0, 2.0, 3.0]))
+    torch.testing.assert_close(grey[1, :, 8:24, 8:24], views[0, :, 0:16, 0:16])
+    assert (grey[1, :, :8] == torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1)).all()
+    _, counts = segment_means(torch.randn(2, h * w, 5), lab, 3)
+    assert len(crops) == int((counts > 0).sum()) == 3  # (0, 0), (0, 2), (1, 1)
+    # image 0, segment 2: its box is cells 0-1 plus one cell of margin: the crop spans
+    # cells -1..2 of the view, i.e. pixels -8..24; the segment's 16x16 pixels sit at 8..24
+    # of the 32x32 crop, scaled by 1 (box side 32 px = crop side)
+    seg2 = crops[1]
+    torch.testing.assert_close(seg2[:, 8:24, 8:24], views[0, :, 0:16, 0:16])
+    assert seg2[:, :8].abs().max() == 0 and seg2[:, :, 24:].abs().max() == 0
+    # image 0, segment 0 (the L-shaped rest): the whole view, its top-left block masked
+    seg0 = crops[0]
+    assert seg0[:, :16, :16].abs().max() == 0
+    torch.testing.assert_close(seg0[:, 16:, 16:], views[0, :, 16:, 16:])
+    # image 1: one segment covering it all -> the whole (negated) view
+    torch.testing.assert_close(crops[2], views[1])
+
+
+def test_centring_removes_a_class_that_wins_everything():
+    """The teacher scores class 0 high on every segment: without centring it is every
+    segment's target; centred, each segment's own class wins; a prototype that moves
+    restarts its entry; the state round-trips."""
+    from train.method.crops import Centering
+
+    protos = torch.eye(3)
+    t = torch.tensor([[0.8, 0.6, 0.0], [0.8, 0.0, 0.6], [0.8, 0.45, 0.45]])
+    raw = torch.softmax(10 * t @ protos.T, -1).argmax(-1)
+    assert raw.tolist() == [0, 0, 0]
+    c = Centering(momentum=0.5)
+    assert c.get(3, "cpu").abs().max() == 0  # before the first update
+    for _ in range(20):
+        c.update((t @ protos.T).mean(0), protos)
+    centred = (t @ protos.T - c.get(3, "cpu")).argmax(-1)
+    assert centred[:2].tolist() == [1, 2]
+    moved = protos.clone()
+    moved[2] = torch.tensor([0.0, 0.6, 0.8])
+    c.update(torch.tensor([0.1, 0.2, 0.3]), moved)
+    assert c.center[2] == pytest.approx(0.3) and c.center[0] != pytest.approx(0.1)
+    d = Centering(strength=0.5)
+    d.load_state_dict(c.state_dict())
+    torch.testing.assert_close(d.get(3, "cpu"), c.get(3, "cpu"))
+    assert d.strength == 1.0  # restored with the state
+    half = Centering(strength=0.5, momentum=0.5)
+    half.load_state_dict({**c.state_dict(), "strength": 0.5})
+    torch.testing.assert_close(half.get(3, "cpu"), 0.5 * c.get(3, "cpu"))
+    with pytest.raises(ValueError, match="momentum"):
+        Centering(momentum=1.0)
+    with pytest.raises(ValueError, match="strength"):
+        Centering(strength=0.0)
+    loss = semantic_consistency(t, t, protos, 10.0, 10.0, center=c.get(3, "cpu"))
+    assert torch.isfinite(loss)

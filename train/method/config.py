@@ -40,6 +40,8 @@ class TrainConfig:
     model_config: str | None = "train/assets/toy-teacher.json"
     pretrained: str | None = "train/assets/toy-teacher.pt"
     teacher_dense: str = "sclip"
+    teacher_targets: str = "both"  # dense | crops | both (train/method/crops.py)
+    teacher_center: float = 1.0  # strength of the teacher-logit centring (0 = off, 1 = full)
     known_classes: str = "toy"  # "toy" or a text file, one class name a line
     templates: str = "simple"  # simple | imagenet
     # student
@@ -94,14 +96,16 @@ class TrainConfig:
         "unknown_prototypes",
         "image_size",
     )
-    # fields added to MODEL_FIELDS later enter the hash only when set away from their
-    # default, so checkpoints written before they existed keep their hash (--resume)
-    LATER_MODEL_FIELDS = ("top_stride",)
+    # fields added to MODEL_FIELDS later enter the hash only when set away from the value
+    # training had before they existed, so older checkpoints keep their hash (--resume).
+    # (top_stride is compared with its current default 16: it was 32 when the field came,
+    # so a top-32 checkpoint of that time and a top-16 one hash alike; left as it was.)
+    LATER_MODEL_FIELDS = {"top_stride": 16, "teacher_targets": "dense", "teacher_center": 0.0}
 
     def model_hash(self) -> str:
         d = {k: getattr(self, k) for k in self.MODEL_FIELDS}
-        for k in self.LATER_MODEL_FIELDS:
-            if getattr(self, k) != getattr(TrainConfig, k):
+        for k, before in self.LATER_MODEL_FIELDS.items():
+            if getattr(self, k) != before:
                 d[k] = getattr(self, k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -128,7 +132,11 @@ def _coerce(name: str, typ, text: str):
 
 
 # fields with a closed set of values (the others are checked where they are used)
-CHOICES = {"top_stride": (16, 32), "unknown_space": ("image", "text")}
+CHOICES = {
+    "top_stride": (16, 32),
+    "unknown_space": ("image", "text"),
+    "teacher_targets": ("dense", "crops", "both"),
+}
 
 
 HELP = {
@@ -149,6 +157,11 @@ HELP = {
     "model_config": "teacher: open_clip-style config JSON (with --pretrained)",
     "pretrained": "teacher weights: a pretrained tag (openai, ...) or a checkpoint path",
     "teacher_dense": "training-free dense mode of the teacher's maps",
+    "teacher_targets": "the teacher's target for a segment: dense (its dense features "
+    "averaged over the segment), crops (its global embedding of the segment cut out) or "
+    "both (their mean)",
+    "teacher_center": "share of the running mean of the teacher's class logits subtracted "
+    "before its softmax in the semantic consistency (DINO's centring; 0 = off, 1 = full)",
     "known_classes": '"toy" or a text file, one class name a line (the known vocabulary)',
     "templates": "prompt templates for the known classes",
     "backbone": "student CNN (timm name, e.g. resnet18, resnet10t)",
@@ -247,6 +260,7 @@ RANGES = {
     "w_semantic": (0.0, 1e6),
     "unknown_prototypes": (0, 4096),
     "unknown_threshold": (-1.0, 1.0),
+    "teacher_center": (0.0, 1.0),
     "unknown_refresh": (1, 10**9),
     "student_scale": (1e-6, 1e4),
     "teacher_scale": (1e-6, 1e4),

@@ -1,11 +1,14 @@
 """The CLIP-S4 training loop (``python -m train``): read it top to bottom.
 
 One step: full images -> frozen dense teacher features; two augmented views ->
-student pixel embeddings; k-means segments per view; pixel-segment contrastive loss
+student pixel embeddings; k-means segments per view; each segment's teacher target
+(``--teacher_targets``: the dense features averaged over it, the teacher's global
+embedding of it cut out of the view, or both); pixel-segment contrastive loss
 (positives: own segment + the other view's segment at the same image point),
 embedding consistency (segment level) and semantic consistency over known + unknown
-prototypes. AdamW, warmup + cosine, gradient clipping, bf16 autocast on CUDA,
-checkpoints written atomically, ``--resume`` continues bit for bit on the CPU.
+prototypes (the teacher's logits centred, ``--teacher_center``). AdamW, warmup +
+cosine, gradient clipping, bf16 autocast on CUDA, checkpoints written atomically,
+``--resume`` continues bit for bit on the CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from train.method import augment as A
 from train.method import distributed as D
 from train.method import run as R
 from train.method.config import TrainConfig
+from train.method.crops import Centering, segment_crops
 from train.method.losses import contrastive_loss, embedding_consistency, semantic_consistency
 from train.method.segments import segment_means
 from train.schedule import warmup_cosine
@@ -81,6 +85,16 @@ class Teacher:
         """uint8 (B, S, S, 3) -> unit dense features (B, D, S/p, S/p)."""
         return self.dense(images)
 
+    @torch.no_grad()
+    def crops(self, views, labels, k: int, grid: tuple[int, int]) -> torch.Tensor:
+        """Unit global embeddings (M, D) of the masked crops of every non-empty segment
+        (``train.method.crops``) of normalised views (B, 3, S, S)."""
+        size = self.model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        grey = (0.5 - torch.tensor(self.mean)) / torch.tensor(self.std)  # mid-grey, normalised
+        x = segment_crops(views, labels, k, grid, size, fill=grey.to(views.device))
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
 
 def _views(images, boxes, jitter, cfg, device, mean, std):
     """Augmented views (B, 3, s, s) of uint8 full images, normalised with ``mean``/``std``
@@ -92,7 +106,9 @@ def _views(images, boxes, jitter, cfg, device, mean, std):
     return ((v - mean) / std).to(device)
 
 
-def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, world=1) -> dict:
+def step_losses(
+    student, teacher, unknown, images, cfg, gen, device, rank=0, world=1, centering=None
+) -> dict:
     """All losses of one step (a dict of scalar tensors, 'total' included).
 
     ``images`` is this rank's slice of the global batch (rank r holds images
@@ -108,27 +124,35 @@ def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, wor
     jits = [{k: t[mine] for k, t in A.jitter_params(Bg, aug, gen).items()} for _ in range(2)]
     seeds = [torch.rand(Bg, generator=gen)[mine] for _ in range(2)]
     local = images
-    t_full = teacher.features(local.to(device))  # (b, D, ht, wt), no grad
+    crops = cfg.teacher_targets in ("crops", "both")
+    dense = cfg.teacher_targets in ("dense", "both")
+    t_full = teacher.features(local.to(device)) if dense else None  # (b, D, ht, wt), no grad
     k = cfg.segments
     zs, v_views, t_views, own = [], [], [], []
     offset = 0
     for bx, jp, seed in zip(boxes, jits, seeds):
-        z = student(_views(local, bx, jp, cfg, device, teacher.mean, teacher.std))  # (b, D, h, w)
+        x = _views(local, bx, jp, cfg, device, teacher.mean, teacher.std)
+        z = student(x)  # (b, D, h, w)
         h, w = z.shape[-2:]
-        t = F.normalize(A.warp(t_full, A.grids(bx, h, w).to(device)), dim=1)
-        zf, tf = z.flatten(2).transpose(1, 2).float(), t.flatten(2).transpose(1, 2).float()
+        zf = z.flatten(2).transpose(1, 2).float()
         first = (seed * h * w).long().clamp(max=h * w - 1)
         lab = spherical_kmeans(zf.detach(), k, first=first)[0].to(device)
         v, counts = segment_means(zf, lab, k)
-        tm, _ = segment_means(tf, lab, k)
         valid = counts.reshape(-1) > 0
+        tm = 0
+        if dense:  # the teacher's dense features, averaged over each segment
+            t = F.normalize(A.warp(t_full, A.grids(bx, h, w).to(device)), dim=1)
+            td, _ = segment_means(t.flatten(2).transpose(1, 2).float(), lab, k)
+            tm = td.reshape(-1, td.shape[-1])[valid]
+        if crops:  # the teacher's global embedding of each segment, cut out of the view
+            tm = F.normalize(tm + teacher.crops(x, lab, k, (h, w)), dim=-1)  # (segments, D)
         remap = torch.cumsum(valid.long(), 0) - 1 + offset  # segment id within this rank
         ids = lab + torch.arange(b, device=device)[:, None] * k
         own.append(remap[ids])
         offset += int(valid.sum())
         zs.append(zf)
         v_views.append(v.reshape(-1, v.shape[-1])[valid])
-        t_views.append(tm.reshape(-1, tm.shape[-1])[valid])
+        t_views.append(tm)
     corr = [A.correspondence(boxes[0], boxes[1], h, w), A.correspondence(boxes[1], boxes[0], h, w)]
     pos = []
     for a, o in ((0, 1), (1, 0)):
@@ -160,10 +184,21 @@ def step_losses(student, teacher, unknown, images, cfg, gen, device, rank=0, wor
         protos = teacher.known
         if unknown is not None and len(unknown.protos):
             protos = torch.cat([protos, unknown.prototypes(protos)])
+        center = None
+        if centering is not None:
+            center = centering.get(len(protos), device)
+            cos = F.normalize(T_local.detach().float(), dim=-1) @ protos.T.float()
+            centering.update(D.all_sum(cos.sum(0)) / n_seg, protos)
         out["semantic"] = (
             world
             * semantic_consistency(
-                V_local, T_local, protos, cfg.student_scale, cfg.teacher_scale, reduction="sum"
+                V_local,
+                T_local,
+                protos,
+                cfg.student_scale,
+                cfg.teacher_scale,
+                reduction="sum",
+                center=center,
             )
             / n_seg
         )
@@ -245,6 +280,7 @@ def train(
         if cfg.unknown_prototypes
         else None
     )
+    centering = Centering(strength=cfg.teacher_center) if cfg.teacher_center else None
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup, cfg.steps)
     step, best = 0, float("-inf")
@@ -261,6 +297,8 @@ def train(
         sched.load_state_dict(ckpt["scheduler"])
         if unknown is not None:
             unknown.load_state_dict(ckpt["unknown"])
+        if centering is not None:
+            centering.load_state_dict(ckpt["centering"])
         R.set_rng_state(gen, ckpt["rng"])
         step = ckpt["step"]
         best = float(ckpt.get("best_val", best))
@@ -283,7 +321,9 @@ def train(
                 images = source.next_batch(step)
             log.waited(time.perf_counter() - t_wait)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                losses = step_losses(model, teacher, unknown, images, cfg, gen, device, rank, world)
+                losses = step_losses(
+                    model, teacher, unknown, images, cfg, gen, device, rank, world, centering
+                )
             if D.all_sum(torch.isfinite(losses["total"].detach()).float()) < world:
                 parts = {k: round(float(v.detach()), 4) for k, v in losses.items()}
                 raise RuntimeError(
@@ -322,6 +362,7 @@ def train(
                     "run_id": run_id,
                     "rng": R.rng_state(gen),
                     "unknown": unknown.state_dict() if unknown is not None else None,
+                    "centering": centering.state_dict() if centering is not None else None,
                     "config": cfg.to_dict(),
                     "model_hash": cfg.model_hash(),
                     "teacher": {

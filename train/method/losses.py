@@ -43,9 +43,14 @@ def semantic_consistency(
     student_scale: float,
     teacher_scale: float,
     reduction: str = "mean",
+    center: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the student's prediction over the prototypes (known text
-    embeddings + unknown prototypes, (K, D)) to the teacher's, per segment."""
-    target = torch.softmax(teacher_scale * F.normalize(t.detach(), dim=-1) @ protos.T, dim=-1)
+    embeddings + unknown prototypes, (K, D)) to the teacher's, per segment. ``center``
+    (K,) is subtracted from the teacher's cosines before its softmax (``Centering``)."""
+    cos = F.normalize(t.detach(), dim=-1) @ protos.T
+    if center is not None:
+        cos = cos - center
+    target = torch.softmax(teacher_scale * cos, dim=-1)
     logp = torch.log_softmax(student_scale * F.normalize(v, dim=-1) @ protos.T, dim=-1)
     return _reduce(-(target * logp).sum(-1), reduction)
