@@ -279,6 +279,8 @@ def test_centring_removes_a_class_that_wins_everything():
     """The teacher scores class 0 high on every segment: without centring it is every
     segment's target; centred, each segment's own class wins; a prototype that moves
     restarts its entry; the state round-trips."""
+    import torch.nn.functional as F
+
     from train.method.crops import Centering
 
     protos = torch.eye(3)
@@ -306,5 +308,9 @@ def test_centring_removes_a_class_that_wins_everything():
         Centering(momentum=1.0)
     with pytest.raises(ValueError, match="strength"):
         Centering(strength=0.0)
-    loss = semantic_consistency(t, t, protos, 10.0, 10.0, center=c.get(3, "cpu"))
-    assert torch.isfinite(loss)
+    center = c.get(3, "cpu")
+    loss = semantic_consistency(t, t, protos, 10.0, 10.0, center=center)
+    target = torch.softmax(10 * (F.normalize(t, dim=-1) @ protos.T - center), -1)
+    logp = torch.log_softmax(10 * F.normalize(t, dim=-1) @ protos.T, -1)
+    torch.testing.assert_close(loss, -(target * logp).sum(-1).mean())
+    assert not torch.allclose(loss, semantic_consistency(t, t, protos, 10.0, 10.0))

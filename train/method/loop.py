@@ -70,6 +70,9 @@ class Teacher:
         self.model = model.to(device).eval().requires_grad_(False)
         self.dense = DenseCLIPImage(model.visual, cfg.teacher_dense, mean, std).to(device)
         self.mean, self.std = mean, std
+        size = model.visual.image_size  # segment crops: the teacher's input, mid-grey fill
+        self.crop_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        self.grey = ((0.5 - torch.tensor(mean)) / torch.tensor(std)).to(device)
         self.embed_dim = int(model.visual.output_dim)
         self.classes = read_classes(cfg.known_classes)
         templates = SIMPLE_TEMPLATES if cfg.templates == "simple" else IMAGENET_TEMPLATES
@@ -89,10 +92,7 @@ class Teacher:
     def crops(self, views, labels, k: int, grid: tuple[int, int]) -> torch.Tensor:
         """Unit global embeddings (M, D) of the masked crops of every non-empty segment
         (``train.method.crops``) of normalised views (B, 3, S, S)."""
-        size = self.model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        grey = (0.5 - torch.tensor(self.mean)) / torch.tensor(self.std)  # mid-grey, normalised
-        x = segment_crops(views, labels, k, grid, size, fill=grey.to(views.device))
+        x = segment_crops(views, labels, k, grid, self.crop_size, fill=self.grey)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
 
