@@ -1,11 +1,12 @@
 """Dense CLIP: pixel-level embeddings from an open_clip ViT without training.
 
-The last transformer block is replaced by a training-free dense variant
-(DESIGN.md): MaskCLIP (value path only, residual + FFN kept), ClearCLIP
-(softmax(qq^T) attention, no residual, no FFN) or SCLIP (softmax(qq^T) +
-softmax(kk^T) attention, residual kept, no FFN). ``ln_post`` and ``proj`` are
-applied to every patch token. Both modules are export-ready: no data-dependent
-Python branches, positional embeddings interpolated in the graph.
+The last transformer block is replaced by a training-free dense variant, each as its
+official code computes it (the equations are in each mode's docstring): MaskCLIP
+(value path only, residual + FFN kept), SCLIP (softmax(qq^T) + softmax(kk^T)
+attention, residual + FFN kept), ClearCLIP (softmax(qq^T) attention, no residual, no
+FFN). ``ln_post`` and ``proj`` are applied to every patch token. Both modules are
+export-ready: no data-dependent Python branches, positional embeddings interpolated in
+the graph with the official rule of each mode (``pos_extent``).
 
 The modes are a registry (``DENSE_MODES``, name -> last-block function): a new mode is
 one function under ``@dense_mode("name")``; the exporter writes its name as the
@@ -25,18 +26,46 @@ from clips4rt.bundle import KIND_PATTERN
 
 #: name -> f(block, tokens (B, L, C)) -> tokens: the last block's dense replacement
 DENSE_MODES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {}
+#: name -> pad of the positional-embedding resampling (see ``resample_matrix``): 0.1 is
+#: SCLIP's and ClearCLIP's ``scale_factor=(n + 0.1) / N`` (DINO's), 0 MaskCLIP's ``size=n``
+POS_PAD: dict[str, float] = {}
 
 
-def dense_mode(name: str):
-    """Register the decorated ``f(block, x)`` as the dense mode ``name``."""
+def dense_mode(name: str, pos_pad: float = 0.0):
+    """Register the decorated ``f(block, x)`` as the dense mode ``name``; ``pos_pad`` is
+    its official positional-embedding interpolation (``POS_PAD``)."""
     if not re.fullmatch(KIND_PATTERN, name) or name == "clip-s4":  # it becomes the bundle's kind
         raise ValueError(f"dense mode name {name!r} must match {KIND_PATTERN} (not 'clip-s4')")
 
     def register(fn):
         DENSE_MODES[name] = fn
+        POS_PAD[name] = float(pos_pad)
         return fn
 
     return register
+
+
+def resample_matrix(n_out, n_in: int, pad) -> torch.Tensor:
+    """(n_out, n_in) float32 matrix of torch's bicubic resampling (a = -0.75,
+    align_corners=False, border taps clamped) from ``n_in`` to ``n_out`` samples, with
+    source coordinates ``(i + 0.5) * n_in / (n_out + pad) - 0.5``: ``pad`` = 0 is
+    ``F.interpolate(size=n_out)``, ``pad`` = 0.1 is ``scale_factor=(n_out + 0.1) / n_in``.
+
+    Written with arange and comparisons so that ``n_out`` stays a dynamic dimension in
+    an exported graph (F.interpolate's ``scale_factor`` would be baked in)."""
+    dst = torch.arange(n_out, dtype=torch.float32)
+    src = (dst + 0.5) * (n_in / (n_out + pad)) - 0.5
+    base = torch.floor(src)
+    t = src - base
+    a = -0.75
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731  |x| <= 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731  1 < |x| < 2
+    cols = torch.arange(n_in, dtype=torch.float32)
+    m = torch.zeros(dst.numel(), n_in)
+    for k, wk in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+        idx = torch.clamp(base + k, 0, n_in - 1)
+        m = m + wk[:, None] * (idx[:, None] == cols[None, :]).float()
+    return m
 
 
 def _attn_params(blk: nn.Module):
@@ -83,9 +112,11 @@ def block_forward(blk: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | Non
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
-@dense_mode("maskclip")
+@dense_mode("maskclip", pos_pad=0.0)
 def _maskclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Value path only (each token attends to itself), residual and FFN kept."""
+    """MaskCLIP (Zhou et al., ECCV 2022; chongzhou/MaskCLIP, ``vit.py`` last layer):
+    ``y = x + out(W_v ln_1(x)); y = y + mlp(ln_2(y))``: value path only (each token
+    attends to itself), residual and FFN kept. Positional embedding: ``size=n``."""
     w_in, b_in, out_proj, _ = _attn_params(blk)
     C = x.shape[-1]
     v = F.linear(blk.ln_1(x), w_in[2 * C :], None if b_in is None else b_in[2 * C :])
@@ -94,7 +125,8 @@ def _maskclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _self_attention(blk: nn.Module, x: torch.Tensor, keys: bool) -> torch.Tensor:
-    """out_proj(softmax(qq^T) v [+ softmax(kk^T) v]): q-q (and k-k) attention."""
+    """``out(softmax(q q^T / sqrt(d)) v [+ softmax(k k^T / sqrt(d)) v])`` per head, with
+    q, k, v = in_proj(ln_1(x)): q-q (and k-k) attention."""
     w_in, b_in, out_proj, heads = _attn_params(blk)
     y = blk.ln_1(x)
     B, L, C = y.shape
@@ -106,23 +138,30 @@ def _self_attention(blk: nn.Module, x: torch.Tensor, keys: bool) -> torch.Tensor
     return out_proj((attn @ v).transpose(1, 2).reshape(B, L, C))
 
 
-@dense_mode("clearclip")
+@dense_mode("clearclip", pos_pad=0.1)
 def _clearclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """softmax(qq^T) attention, no residual, no FFN."""
+    """ClearCLIP (Lan et al., ECCV 2024; mc-lan/ClearCLIP): ``y = out(softmax(q q^T /
+    sqrt(d)) v)``: q-q attention, no residual, no FFN. Positional embedding:
+    ``scale_factor=(n + 0.1) / N``, the raw one at the native grid."""
     return _self_attention(blk, x, keys=False)
 
 
-@dense_mode("sclip")
+@dense_mode("sclip", pos_pad=0.1)
 def _sclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """softmax(qq^T) + softmax(kk^T) attention, residual kept, no FFN."""
-    return x + blk.ls_1(_self_attention(blk, x, keys=True))
+    """SCLIP (Wang et al., ECCV 2024; wangf3014/SCLIP, ``clip/model.py``): correlative
+    self-attention ``y = x + out((softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d))) v)``,
+    then the block's FFN ``y = y + mlp(ln_2(y))`` (the official code keeps it).
+    Positional embedding: ``scale_factor=(n + 0.1) / N``, the raw one at the native grid."""
+    x = x + blk.ls_1(_self_attention(blk, x, keys=True))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
 class DenseCLIPImage(nn.Module):
     """uint8 (B, H, W, 3) RGB -> float32 (B, D, H/p, W/p) unit-length embeddings.
 
     H and W must be multiples of the patch size p; any size works (the
-    positional embedding grid is resampled bicubically to (H/p, W/p)).
+    positional embedding grid is resampled bicubically to (H/p, W/p) with the mode's
+    official rule, ``POS_PAD``; at the native grid it is used as it is).
     """
 
     def __init__(self, visual: nn.Module, mode: str, mean, std):
@@ -145,11 +184,17 @@ class DenseCLIPImage(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
 
-    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+    def _pos_embed(self, h, w) -> torch.Tensor:
         pos = self.visual.positional_embedding
-        grid = pos[1:].reshape(1, self.grid[0], self.grid[1], -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
-        return torch.cat([pos[:1], grid.flatten(2).transpose(1, 2)[0]], dim=0)
+        gh, gw = self.grid
+        grid = pos[1:].reshape(gh, gw, -1).float()
+        # the official code adds the raw embedding at the native grid (both sides), and
+        # resamples with (n + pad) otherwise: pad is switched off there arithmetically
+        native = torch.as_tensor((h == gh) & (w == gw), dtype=torch.float32)
+        pad = POS_PAD[self.mode] * (1.0 - native)
+        mh, mw = resample_matrix(h, gh, pad), resample_matrix(w, gw, pad)
+        grid = torch.einsum("ia,abc,jb->ijc", mh, grid, mw).to(pos.dtype)
+        return torch.cat([pos[:1], grid.reshape(-1, pos.shape[-1])], dim=0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         v = self.visual
