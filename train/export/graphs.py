@@ -255,6 +255,7 @@ def export_dense_clip(
     fp16_weights=False,
 ):
     """Export an open_clip CLIP as a training-free dense bundle (kind = ``mode``)."""
+    from train.models.clip_loader import activation
     from train.models.dense_clip import CLIPText, DenseCLIPImage
 
     image = DenseCLIPImage(model.visual, mode, mean, std)
@@ -270,7 +271,12 @@ def export_dense_clip(
         kind=mode,
         stride=image.stride,
         input_size=int(input_size or 2 * native),
-        provenance={"teacher": name, "pretrained": pretrained, "dense": mode},
+        provenance={
+            "teacher": name,
+            "pretrained": pretrained,
+            "dense": mode,
+            "activation": activation(model),
+        },
     )
     if info["input_size"] < image.stride:
         raise ValueError(f"--input-size must be at least the patch size {image.stride}")
@@ -292,7 +298,7 @@ def export_student(
     text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash)."""
     from train import resolve_path
     from train.method.config import TrainConfig
-    from train.models.clip_loader import load_clip
+    from train.models.clip_loader import activation, load_clip
     from train.models.dense_clip import CLIPText
     from train.models.student import UInt8Input, build_student
 
@@ -338,6 +344,7 @@ def export_student(
             "config_hash": ckpt["model_hash"],
             "backbone": cfg.backbone,
             "checkpoint": path.name,
+            "activation": activation(model),
         },
     )
     return export_bundle(image, CLIPText(model), out, info, fp16=fp16, fp16_weights=fp16_weights)

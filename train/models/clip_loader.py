@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from clips4rt.bundle import OPENAI_MEAN, OPENAI_STD
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def load_clip(
@@ -68,22 +71,60 @@ def load_clip(
             f"unknown open_clip model {name!r}. Similar: {close or 'none'}; "
             "see open_clip.list_models()"
         )
-    if pretrained is not None and Path(pretrained).suffix in (
-        ".pt",
-        ".pth",
-        ".bin",
-        ".safetensors",
-    ):
+    if pretrained is not None and Path(pretrained).suffix in CHECKPOINT_SUFFIXES:
         if not Path(pretrained).is_file():
             raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
+    quick = needs_quick_gelu(name, pretrained)
     try:
-        model = open_clip.create_model(
-            name, pretrained=pretrained, device=device, force_preprocess_cfg=preprocess
-        )
+        with warnings.catch_warnings():  # open_clip only warns; a mismatch is an error here
+            warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
+            model = open_clip.create_model(
+                name,
+                pretrained=pretrained,
+                device=device,
+                force_preprocess_cfg=preprocess,
+                force_quick_gelu=quick,
+            )
+    except UserWarning as e:
+        raise ValueError(
+            f"{name!r} with pretrained={pretrained!r}: {e} The weights would run with the "
+            "wrong activation; use the model's -quickgelu config or another tag"
+        ) from e
     except RuntimeError as e:
         raise ValueError(f"cannot create {name!r} with pretrained={pretrained!r}: {e}") from e
     model.eval()
     return (model, name, *preprocess_stats(model))
+
+
+def needs_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether weights ``pretrained`` of open_clip model ``name`` were trained with
+    QuickGELU (``x * sigmoid(1.702 x)``): OpenAI's tags and others that open_clip's
+    pretrained table marks so. open_clip builds its plain configs with nn.GELU and only
+    warns on such a tag; a ``-quickgelu`` config or a model config JSON with
+    ``"quick_gelu": true`` carries it already. A local checkpoint path says nothing of
+    its activation: use the matching config name for it (e.g. ViT-B-16-quickgelu)."""
+    import open_clip
+
+    if not pretrained or Path(pretrained).suffix in CHECKPOINT_SUFFIXES:
+        return False
+    return bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+
+
+def activation(model) -> str:
+    """"quick_gelu" or "gelu" (or another class name): the MLP activation that an
+    open_clip CLIP's towers were built with (recorded in bundle provenance)."""
+    names = {
+        type(m).__name__
+        for tower in (model.visual, getattr(model, "transformer", None))
+        if tower is not None
+        for m in tower.modules()
+        if type(m).__name__ in ("QuickGELU", "GELU")
+    }
+    if names == {"QuickGELU"}:
+        return "quick_gelu"
+    if names == {"GELU"}:
+        return "gelu"
+    return "+".join(sorted(names)) or "unknown"
 
 
 def preprocess_stats(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
