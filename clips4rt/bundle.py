@@ -58,6 +58,11 @@ class BundleInfo:
     known_classes: tuple[str, ...] = ()  # class names used in training (clip-s4)
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
+    # sliding-window default (clips4rt.window), pixels at the working size: 0 = one pass
+    # over the whole image; stride 0 = half the window. Bundles written before these
+    # fields read as 0 (whole image), and older runtimes ignore them.
+    window: int = 0
+    window_stride: int = 0
     format_version: int = FORMAT_VERSION
 
     def to_metadata(self) -> dict[str, str]:
@@ -109,6 +114,16 @@ class BundleInfo:
                 f"{source}: input_size {info.input_size} is smaller than the stride "
                 f"{info.stride}; re-export the bundle"
             )
+        if (
+            info.window % info.stride
+            or info.window_stride % info.stride
+            or (info.window_stride > info.window)
+        ):
+            raise BundleError(
+                f"{source}: window {info.window} / window_stride {info.window_stride} are not "
+                f"multiples of the stride {info.stride} with window_stride <= window; "
+                "re-export the bundle"
+            )
         return info
 
 
@@ -119,6 +134,8 @@ LIMITS = {
     "embed_dim": (1, 1 << 16),
     "stride": (1, 1024),
     "input_size": (1, 8192),
+    "window": (0, 8192),
+    "window_stride": (0, 8192),
     "context_length": (1, 4096),
     "logit_scale": (1e-3, 1e4),
     "background_threshold": (0.0, 1.0),
@@ -154,7 +171,8 @@ def _names(v, template: bool = False) -> str | None:
 
 def check_field(k: str, v) -> str | None:
     """Why metadata value ``v`` of field ``k`` is unacceptable (None = fine)."""
-    if k in ("embed_dim", "stride", "input_size", "context_length", "format_version"):
+    if k in ("embed_dim", "stride", "input_size", "context_length", "format_version", "window",
+             "window_stride"):  # fmt: skip
         if not _number(v, True):
             return "is not an integer"
     if k in ("logit_scale", "background_threshold") and not _number(v, False):

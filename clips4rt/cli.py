@@ -70,6 +70,12 @@ def _options(args) -> dict:
         options["background"] = _split(args.background)
     if args.size is not None:
         options["size"] = args.size
+    if args.window is not None:  # 0 = whole image
+        options["window"] = args.window or None
+    if args.window_stride is not None:
+        options["window_stride"] = args.window_stride
+    if args.logit_scale is not None:
+        options["logit_scale"] = args.logit_scale
     if args.templates is not None:
         from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 
@@ -87,18 +93,28 @@ def _options(args) -> dict:
     return options
 
 
+def _classes(args):
+    """--classes "cat,dog" or --classes-file FILE (one class a line, synonyms by '|')."""
+    if (args.classes is None) == (args.classes_file is None):
+        raise ValueError('give --classes "cat,dog" or --classes-file FILE (one of them)')
+    if args.classes_file is not None:
+        from clips4rt.vocab import read_classes_file
+
+        return read_classes_file(args.classes_file)
+    classes = _split(args.classes)
+    if not classes:
+        raise ValueError('--classes is empty: give names like --classes "cat,dog"')
+    return classes
+
+
 def _segment(args) -> int:
     from clips4rt.segmenter import Segmenter
     from clips4rt.visualize import label_png
 
-    classes = _split(args.classes)
-    if not classes:
-        raise ValueError('--classes is empty: give names like --classes "cat,dog"')
+    classes = _classes(args)
     seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
     options = _options(args)
-    seg._prompts(classes, **{k: v for k, v in options.items() if k != "size"})  # checks now
-    if "size" in options:
-        seg.working_size(seg.info.stride, seg.info.stride, options["size"])
+    names = seg._query(classes, **options).vocab.classes  # checks every option now
     inputs = _expand(args.images)
     if not inputs:
         raise FileNotFoundError(f"no image files in {args.images}")
@@ -113,12 +129,12 @@ def _segment(args) -> int:
             failed += 1
             continue
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
-        _save(label_png(r.labels, len(classes)), out / f"{stem}_labels.png")
+        _save(label_png(r.labels, len(names)), out / f"{stem}_labels.png")
         _save(r.overlay(), out / f"{stem}_overlay.png")
         total = r.labels.size
         found = ", ".join(
             f"{c} {100 * (r.labels == k).sum() / total:.1f}%"
-            for k, c in enumerate(classes)
+            for k, c in enumerate(names)
             if (r.labels == k).any()
         )
         print(f"{image}: {found or 'background only'} -> {out / f'{stem}_overlay.png'}")
@@ -129,9 +145,7 @@ def _video(args) -> int:
     from clips4rt.segmenter import Segmenter
     from clips4rt.video import segment_video
 
-    classes = _split(args.classes)
-    if not classes:
-        raise ValueError('--classes is empty: give names like --classes "cat,dog"')
+    classes = _classes(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
     seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
@@ -218,7 +232,19 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes-file", help="class file: one class a line, its names (synonyms) "
+                   "separated by '|', e.g. person|man|woman (instead of --classes)")  # fmt: skip
     p.add_argument("--size", type=int, help="short side the graph runs at (default: bundle's)")
+    p.add_argument("--window", type=int, help="sliding-window inference: crops of this many "
+                   "pixels of the working size, overlaps averaged (0 = whole image; default: "
+                   "bundle's)")  # fmt: skip
+    p.add_argument("--window-stride", type=int, help="pixels between windows (default: half)")
+    p.add_argument(
+        "--logit-scale",
+        type=float,
+        help="softmax temperature of the scores "
+        "(default: bundle's; moves probabilities and thresholds, not labels)",
+    )
     p.add_argument("--templates", help="prompt templates: imagenet, simple, or a file (one a line)")
 
 
@@ -231,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment images by class names")
     s.add_argument("images", nargs="+", help="image files, folders or quoted globs")
     s.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
-    s.add_argument("--classes", required=True, help='comma-separated names, "cat,dog"')
+    s.add_argument("--classes", help='comma-separated names, "cat,dog"')
     s.add_argument("--out", default="clips4rt_out", help="output folder")
     s.add_argument("--threshold", type=float, help="background probability threshold")
     s.add_argument("--background", help="comma-separated background class names")
@@ -241,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_segment)
     v = sub.add_parser("video", help="segment a video file or camera into an overlay video")
     v.add_argument("input", help="video file, or a camera index (0 = /dev/video0)")
-    v.add_argument("--classes", required=True, help='comma-separated names, "person,car"')
+    v.add_argument("--classes", help='comma-separated names, "person,car"')
     v.add_argument("--out", required=True, help="overlay video (.mp4, .mkv, .mov, .avi, .webm)")
     v.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
     v.add_argument("--labels-dir", help="also write one label PNG per frame here")

@@ -101,6 +101,15 @@ class GraphMatcher:
         bind.bind_output(B.IMAGE_OUTPUT, self.device)
         self.image.run_with_iobinding(bind)
         emb = bind.get_outputs()[0]  # an OrtValue on the device: no copy to the host
+        return self._match(emb, protos, size, logit_scale, n_classes, threshold)
+
+    def run_embeddings(self, emb, protos, size, logit_scale, n_classes, threshold) -> tuple:
+        """The match graph alone, on host embeddings float32 (B, D, h, w) (sliding
+        windows average them on the host)."""
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(emb, np.float32))
+        return self._match(value, protos, size, logit_scale, n_classes, threshold)
+
+    def _match(self, emb, protos, size, logit_scale, n_classes, threshold) -> tuple:
         mb = self.match.io_binding()
         mb.bind_ortvalue_input("embeddings", emb)
         mb.bind_cpu_input("prototypes", np.ascontiguousarray(protos, np.float32))

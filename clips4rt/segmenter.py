@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +21,8 @@ from clips4rt.result import SegmentationResult
 from clips4rt.stream import pipelined
 from clips4rt.text import TextEncoder
 from clips4rt.tokenizer import tokenize
+from clips4rt.vocab import Vocabulary, vocabulary
+from clips4rt.window import check_window, embed_windows
 
 __all__ = [
     "SegmentationResult",
@@ -51,12 +55,29 @@ def _positive_int(v) -> bool:
 
 
 def _memo_key(v):
-    """A hashable copy of None or a list/tuple of strings, else Ellipsis (no memo)."""
+    """A hashable copy of None, a list/tuple of strings or a dict of those, else
+    Ellipsis (no memo)."""
     if v is None:
         return None
     if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
         return tuple(v)
+    if isinstance(v, dict):
+        items = tuple((k, _memo_key(x)) for k, x in v.items())
+        if all(isinstance(k, str) and isinstance(x, tuple) for k, x in items):
+            return ("dict", items)
     return Ellipsis
+
+
+class Query(NamedTuple):
+    """One call's checked options: the vocabulary, the background threshold, the
+    prototypes (names, then background names), and the image-side settings."""
+
+    vocab: Vocabulary
+    threshold: float
+    protos: np.ndarray
+    size: int | None
+    window: tuple[int, int] | None  # (window, stride) pixels, None = whole image
+    logit_scale: float
 
 
 def resolve_providers(providers: Sequence[str] | None) -> list[str]:
@@ -326,67 +347,87 @@ class Segmenter:
         """Run the image graph: (B, H, W, 3) uint8 -> (B, D, H/stride, W/stride) float32."""
         return B.run_graph(self._image, B.IMAGE_INPUT, images, self.path)
 
-    def embed_image(self, image, size: int | None = None) -> np.ndarray:
+    def embed_image(
+        self, image, size: int | None = None, window="default", window_stride=None
+    ) -> np.ndarray:
         """Pixel embeddings of one image as ``run`` computes them: the image (path, PIL
         image or HxWx3 uint8 RGB) resized to ``working_size`` (short side ``size``,
-        default the bundle's), then the image graph. Returns (D, h, w) float32 unit
-        vectors, h x w = the working size / stride (the grid ``run`` upsamples)."""
-        return self._embed_one(image, size)[1]
+        default the bundle's), then the image graph, whole or in sliding windows (as in
+        ``run``). Returns (D, h, w) float32, h x w = the working size / stride (the grid
+        ``run`` upsamples): unit vectors, or with windows the mean of the crops' unit
+        vectors (``clips4rt.window``)."""
+        win = self.window_setting(window, window_stride)
+        return self._embed_one(image, size, win)[1]
 
-    def run(self, image, classes: Sequence[str], **options) -> SegmentationResult:
+    def run(self, image, classes, **options) -> SegmentationResult:
         """Segment one image by class names.
 
         Args:
             image: file path, PIL image, or HxWx3 uint8 RGB array.
-            classes: class names (distinct, non-empty strings).
+            classes: class names (distinct, non-empty strings), or a dict
+                {class: [names]} when a class has several names (``clips4rt.vocab``:
+                labels index the keys; a class scores by its best name).
             threshold: background if the winner's probability is under it
                 (default: the bundle's; 0 disables).
             background: extra class names whose pixels become -1 (default: the
                 bundle's; a name also in ``classes`` counts as a class).
             templates: prompt templates with one '{}' (default: the bundle's).
             size: short side the image is resized to (default: the bundle's).
+            window, window_stride: sliding-window inference (``clips4rt.window``):
+                square crops of ``window`` pixels of the working size, ``window_stride``
+                apart (default half the window), overlaps averaged; None = one pass
+                over the whole image; default: the bundle's setting.
+            logit_scale: the softmax temperature of the probabilities (default: the
+                bundle's); changes ``scores`` and what a ``threshold`` keeps, never the
+                labels.
         """
-        size = options.pop("size", None)
-        classes, threshold, protos = self._prompts(classes, **options)
+        q = self._query(classes, **options)
         if self._matcher is not None:
-            return self._run_graph_post(image, size, protos, classes, threshold)
-        image, emb = self._embed_one(image, size)
-        return self._postprocess(emb, protos, image, classes, threshold)
+            return self._run_graph_post(image, q)
+        image, emb = self._embed_one(image, q.size, q.window)
+        return self._postprocess(emb, image, q)
 
-    def _run_graph_post(self, image, size, protos, classes, threshold) -> SegmentationResult:
+    def _run_graph_post(self, image, q: Query) -> SegmentationResult:
         """``run`` with the post-processing inside onnxruntime (``clips4rt.device``)."""
         image = load_image(image, self.max_pixels)
-        hh, ww = self.working_size(*image.shape[:2], size)
-        labels, scores, probs = self._matcher.run(
-            self._resize(image, hh, ww)[None], protos, image.shape[:2],
-            self.info.logit_scale, len(classes), threshold,
-        )  # fmt: skip
-        return SegmentationResult(labels[0], probs[0], scores[0], list(classes), image)
+        hh, ww = self.working_size(*image.shape[:2], q.size)
+        frame = self._resize(image, hh, ww)
+        args = (q.protos, image.shape[:2], q.logit_scale, len(q.vocab.names), q.threshold)
+        if q.window is None:
+            labels, scores, probs = self._matcher.run(frame[None], *args)
+        else:  # the crops' mean embeddings come from the host
+            emb = embed_windows(self.embed, frame, *q.window, self.info.stride)
+            labels, scores, probs = self._matcher.run_embeddings(emb[None], *args)
+        labels = q.vocab.map_labels(labels[0])
+        return SegmentationResult(labels, probs[0], scores[0], list(q.vocab.classes), image)
 
-    def _embed_one(self, image, size) -> tuple[np.ndarray, np.ndarray]:
+    def _embed_one(self, image, size, win=None) -> tuple[np.ndarray, np.ndarray]:
         """(the image as HxWx3 uint8, its (D, h, w) embeddings)."""
         image = load_image(image, self.max_pixels)
         hh, ww = self.working_size(*image.shape[:2], size)
-        return image, self.embed(self._resize(image, hh, ww)[None])[0]
+        frame = self._resize(image, hh, ww)
+        if win is not None:
+            return image, embed_windows(self.embed, frame, *win, self.info.stride)
+        return image, self.embed(frame[None])[0]
 
     def run_batch(
         self,
         images: Sequence,
-        classes: Sequence[str],
-        *,
-        threshold: float | None = None,
-        background: Sequence[str] | None = None,
-        templates: Sequence[str] | None = None,
-        size: int | None = None,
+        classes,
+        **options,
     ) -> list[SegmentationResult]:
-        """Segment several images; images of the same working size share one graph run."""
-        classes, threshold, protos = self._prompts(classes, threshold, background, templates)
+        """Segment several images (options as in ``run``); images of the same working
+        size share one graph run (with windows, each image's crops do)."""
+        q = self._query(classes, **options)
         if self._matcher is not None:  # one frame at a time: each has its own output size
-            return [self._run_graph_post(im, size, protos, classes, threshold) for im in images]
+            return [self._run_graph_post(im, q) for im in images]
+        if q.window is not None:  # each image's crops batch together
+            pairs = (self._embed_one(im, q.size, q.window) for im in images)
+            return [self._postprocess(emb, image, q) for image, emb in pairs]
         arrays = [load_image(im, self.max_pixels) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, a in enumerate(arrays):
-            groups.setdefault(self.working_size(*a.shape[:2], size), []).append(i)
+            groups.setdefault(self.working_size(*a.shape[:2], q.size), []).append(i)
         results: list[SegmentationResult | None] = [None] * len(arrays)
         chunks = [
             (hw, idx[i : i + MAX_BATCH])
@@ -400,22 +441,19 @@ class Segmenter:
                 batch = np.stack([self._resize(arrays[i], hh, ww) for i in idx])
             emb = self.embed(batch)
             for j, i in enumerate(idx):
-                results[i] = self._postprocess(emb[j], protos, arrays[i], classes, threshold)
+                results[i] = self._postprocess(emb[j], arrays[i], q)
         return results
 
     def stream(
         self,
         frames: Iterable,
-        classes: Sequence[str],
+        classes,
         *,
-        threshold: float | None = None,
-        background: Sequence[str] | None = None,
-        templates: Sequence[str] | None = None,
-        size: int | None = None,
         prefetch: int = 2,
+        **options,
     ) -> Iterator[SegmentationResult]:
         """Segment a stream of frames (arrays, PIL images or paths), yielding one
-        result per frame, in order; each equals ``run(frame, classes, ...)``.
+        result per frame, in order; each equals ``run(frame, classes, **options)``.
 
         Pipelined: a worker thread decodes, resizes and runs the graph on the next
         frames (at most ``prefetch`` waiting) while this thread post-processes, so a
@@ -424,24 +462,61 @@ class Segmenter:
         Options are checked now; break out of the loop or ``close()`` the generator
         to stop the worker early.
         """
-        classes, threshold, protos = self._prompts(classes, threshold, background, templates)
+        q = self._query(classes, **options)
         if not (isinstance(prefetch, int) and 1 <= prefetch <= 64):
             raise ValueError(f"prefetch must be an int in [1, 64], got {prefetch!r}")
-        if size is not None:
-            self.working_size(self.info.stride, self.info.stride, size)  # checks size
 
         def produce(frame):
             if self._matcher is not None:  # the device does it all
-                return self._run_graph_post(frame, size, protos, classes, threshold)
-            return self._embed_one(frame, size)
+                return self._run_graph_post(frame, q)
+            return self._embed_one(frame, q.size, q.window)
 
         def consume(item):
             if self._matcher is not None:
                 return item
             image, emb = item
-            return self._postprocess(emb, protos, image, classes, threshold)
+            return self._postprocess(emb, image, q)
 
         return pipelined(frames, produce, consume, prefetch)
+
+    def _query(
+        self,
+        classes,
+        threshold=None,
+        background=None,
+        templates=None,
+        size=None,
+        window="default",
+        window_stride=None,
+        logit_scale=None,
+    ) -> Query:
+        """Every option of a call, checked before any image is read."""
+        if size is not None:
+            self.working_size(self.info.stride, self.info.stride, size)  # checks size
+        win = self.window_setting(window, window_stride)
+        if logit_scale is None:
+            logit_scale = self.info.logit_scale
+        elif not (
+            isinstance(logit_scale, (int, float, np.floating))
+            and not isinstance(logit_scale, bool)
+            and math.isfinite(logit_scale)
+            and 0 < logit_scale <= 1e4
+        ):
+            raise ValueError(
+                f"logit_scale must be a finite number in (0, 10000], got {logit_scale!r} "
+                f"(None = the bundle's {self.info.logit_scale:g})"
+            )
+        return Query(*self._prompts(classes, threshold, background, templates), size, win,
+                     float(logit_scale))  # fmt: skip
+
+    def window_setting(self, window="default", window_stride=None) -> tuple[int, int] | None:
+        """The (window, stride) in pixels a call with these options uses (None = whole
+        image); checks them (``clips4rt.window.check_window``)."""
+        if isinstance(window, str) and window == "default":
+            window = self.info.window or None
+            if window_stride is None:
+                window_stride = self.info.window_stride or None
+        return check_window(window, window_stride, self.info.stride)
 
     def _prompts(self, classes, threshold=None, background=None, templates=None):
         """Checked (classes, threshold, prototypes incl. background names). The last
@@ -463,7 +538,7 @@ class Segmenter:
         return answer
 
     def _check_prompts(self, classes, threshold, background, templates):
-        classes = check_classes(classes)
+        vocab = vocabulary(classes)
         threshold = self.info.background_threshold if threshold is None else float(threshold)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
@@ -471,37 +546,30 @@ class Segmenter:
             bg = list(self.info.background_classes)
         else:  # an empty list switches the bundle's background classes off
             bg = check_classes(background) if len(background) else []
-        bg = [b for b in bg if b not in classes]
-        return classes, threshold, self.text_embeddings(classes + bg, templates)
+        bg = [b for b in bg if b not in vocab.names]
+        return vocab, threshold, self.text_embeddings(vocab.names + bg, templates)
 
     def _resize(self, a: np.ndarray, h: int, w: int) -> np.ndarray:
         return resize_rgb(a, (h, w), threads=self.post_threads)
 
-    def _postprocess(self, emb, protos, image, classes, threshold) -> SegmentationResult:
+    def _postprocess(self, emb, image, q: Query) -> SegmentationResult:
         """Labels now; probabilities and cosines now only if the threshold needs
         them, else on first access (the same kernel, the same values)."""
+        vocab = q.vocab
+
+        def match(**kw):
+            labels, sims, probs = match_upsample(
+                emb, q.protos, image.shape[:2], q.logit_scale, threads=self.post_threads,
+                n_classes=len(vocab.names), **kw,
+            )  # fmt: skip
+            return vocab.map_labels(labels), sims, probs
 
         def finish():
-            return match_upsample(
-                emb,
-                protos,
-                image.shape[:2],
-                self.info.logit_scale,
-                threads=self.post_threads,
-                n_classes=len(classes),
-                threshold=threshold,
-            )
+            return match(threshold=q.threshold)
 
-        if threshold > 0:
+        classes = list(vocab.classes)
+        if q.threshold > 0:
             labels, sims, probs = finish()
-            return SegmentationResult(labels, probs, sims, list(classes), image)
-        labels, _, _ = match_upsample(
-            emb,
-            protos,
-            image.shape[:2],
-            self.info.logit_scale,
-            threads=self.post_threads,
-            n_classes=len(classes),
-            labels_only=True,
-        )
-        return SegmentationResult(labels, None, None, list(classes), image, finish=finish)
+            return SegmentationResult(labels, probs, sims, classes, image)
+        labels, _, _ = match(labels_only=True)
+        return SegmentationResult(labels, None, None, classes, image, finish=finish)

@@ -65,7 +65,15 @@ def bundles(tmp_path_factory, tiny_clip):
     paths = {}
     for mode in DENSE_MODES:
         info, errs = export_dense_clip(
-            model, name, None, mean, std, mode, out / f"{mode}.onnx", templates="simple"
+            model,
+            name,
+            None,
+            mean,
+            std,
+            mode,
+            out / f"{mode}.onnx",
+            templates="simple",
+            window=0,  # whole image: the runtime tests' reference; windows: test_window.py
         )
         paths[mode] = out / f"{mode}.onnx"
         paths[mode + ".errs"] = errs

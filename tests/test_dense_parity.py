@@ -83,8 +83,8 @@ def official_dense(visual, pixels, mode):
 
 @pytest.fixture(scope="module")
 def clip_with_norms():
-    from train.models.clip_loader import load_clip
     from tests.conftest import TINY_CONFIG
+    from train.models.clip_loader import load_clip
 
     torch.manual_seed(3)
     model, *_ = load_clip(model_config=TINY_CONFIG)

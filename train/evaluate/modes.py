@@ -32,7 +32,8 @@ from train.evaluate.voc import VOCFolder
 from train.kmeans import spherical_kmeans
 
 
-def eval_language(seg, data, classes, size=None, templates=None, batch=16) -> np.ndarray:
+def eval_language(seg, data, classes, size=None, templates=None, batch=16, window=None
+                  ) -> np.ndarray:  # fmt: skip
     n = len(classes)
     conf = np.zeros((n, n + 1), np.int64)
     for start in tqdm(range(0, len(data), batch), desc="language", unit="batch"):
@@ -44,24 +45,29 @@ def eval_language(seg, data, classes, size=None, templates=None, batch=16) -> np
             background=[],
             templates=templates,
             size=size,
+            **(window or {}),
         )
         for (_, mask), r in zip(items, results):
             conf += confusion(mask, r.labels, n)
     return conf
 
 
-def _embeddings(seg, data, indices, size):
+def _embeddings(seg, data, indices, size, window=None):
     for i in indices:
         image, mask = data.load(i)
-        yield seg.embed_image(image, size), image, mask
+        yield seg.embed_image(image, size, **(window or {})), image, mask
 
 
-def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.ndarray:
+def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0, window=None
+                      ) -> np.ndarray:  # fmt: skip
     rng = np.random.default_rng(seed)
     feats = []
     per_image = max(1, sample // len(data))
     for emb, _, _ in tqdm(
-        _embeddings(seg, data, range(len(data)), size), total=len(data), desc="embed", unit="img"
+        _embeddings(seg, data, range(len(data)), size, window),
+        total=len(data),
+        desc="embed",
+        unit="img",
     ):
         f = emb.reshape(emb.shape[0], -1).T
         feats.append(f[rng.choice(len(f), min(per_image, len(f)), replace=False)])
@@ -70,7 +76,10 @@ def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.nda
     cent = spherical_kmeans(x, n, 30, "kmeans++", gen)[1][0].numpy()
     conf = np.zeros((n, n + 1), np.int64)
     for emb, image, mask in tqdm(
-        _embeddings(seg, data, range(len(data)), size), total=len(data), desc="assign", unit="img"
+        _embeddings(seg, data, range(len(data)), size, window),
+        total=len(data),
+        desc="assign",
+        unit="img",
     ):
         labels, _, _ = match_upsample(emb, cent, image.shape[:2], 1.0, labels_only=True)
         conf += confusion(mask, labels, n)
@@ -82,7 +91,7 @@ def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0) -> np.nda
     return out
 
 
-def eval_probe(seg, data, n, size=None, epochs=300, seed=0) -> np.ndarray:
+def eval_probe(seg, data, n, size=None, epochs=300, seed=0, window=None) -> np.ndarray:
     import torch.nn.functional as F
     from PIL import Image
 
@@ -91,7 +100,10 @@ def eval_probe(seg, data, n, size=None, epochs=300, seed=0) -> np.ndarray:
         raise ValueError("probe mode needs at least 2 images (half train, half test)")
     xs, ys = [], []
     for emb, _, mask in tqdm(
-        _embeddings(seg, data, range(half), size), total=half, desc="probe train", unit="img"
+        _embeddings(seg, data, range(half), size, window),
+        total=half,
+        desc="probe train",
+        unit="img",
     ):
         h, w = emb.shape[1:]
         small = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
@@ -109,7 +121,7 @@ def eval_probe(seg, data, n, size=None, epochs=300, seed=0) -> np.ndarray:
     conf = np.zeros((n, n + 1), np.int64)
     with torch.no_grad():
         for emb, image, mask in tqdm(
-            _embeddings(seg, data, range(half, len(data)), size),
+            _embeddings(seg, data, range(half, len(data)), size, window),
             total=len(data) - half,
             desc="probe test",
             unit="img",
@@ -142,9 +154,13 @@ def evaluate(
     limit=None,
     image_set=None,
     threads=None,
+    window="default",
+    window_stride=None,
 ) -> dict:
     """Run one evaluation; returns the report dict (see ``train.evaluate.metrics.summarize``).
-    ``threads``: CPU threads of the runtime (default: onnxruntime's choice)."""
+    ``threads``: CPU threads of the runtime (default: onnxruntime's choice); ``window``,
+    ``window_stride``: sliding-window inference as in ``Segmenter.run`` (default: the
+    bundle's; None = whole image)."""
     data = VOCFolder(data_dir, image_set=image_set, limit=limit)
     seg = clips4rt.Segmenter(model, threads=threads)
     classes = data.classes
@@ -153,12 +169,14 @@ def evaluate(
     missing = [u for u in unknown if u not in classes]
     if missing:
         raise ValueError(f"--unknown-classes {missing} are not in {data.root}/classes.txt")
+    win = {"window": window, "window_stride": window_stride}
+    resolved = seg.window_setting(window, window_stride)  # checked before the first image
     if mode == "language":
-        conf = eval_language(seg, data, classes, size, templates)
+        conf = eval_language(seg, data, classes, size, templates, window=win)
     elif mode == "unsupervised":
-        conf = eval_unsupervised(seg, data, len(classes), size)
+        conf = eval_unsupervised(seg, data, len(classes), size, window=win)
     elif mode == "probe":
-        conf = eval_probe(seg, data, len(classes), size)
+        conf = eval_probe(seg, data, len(classes), size, window=win)
     else:
         raise ValueError(f"unknown --mode {mode!r}: language, unsupervised or probe")
     report = summarize(conf, classes, unknown)
@@ -170,6 +188,7 @@ def evaluate(
         unknown_classes=list(unknown),
         kind=seg.info.kind,
         input_size=int(size or seg.info.input_size),
+        window=list(resolved) if resolved else None,
     )
     return report
 
@@ -190,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-set", help="ImageSets/Segmentation/<name>.txt to evaluate")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
+    p.add_argument("--window", type=int, help="sliding-window inference: crop size in pixels "
+                   "of the working size (0 = whole image; default: the bundle's)")  # fmt: skip
+    p.add_argument("--window-stride", type=int, help="pixels between windows (default: half)")
     args = p.parse_args(argv)
     unknown = None
     if args.unknown_classes is not None:
@@ -206,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             args.limit,
             args.image_set,
             args.threads,
+            "default" if args.window is None else (args.window or None),
+            args.window_stride,
         )
     except (ValueError, FileNotFoundError, clips4rt.BundleError, clips4rt.ImageError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -32,6 +32,7 @@ from torch import nn
 from clips4rt import bundle as B
 from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from clips4rt.tokenizer import tokenize
+from clips4rt.window import check_window
 from train.checkpoint import load as load_checkpoint
 
 OPSET = 17
@@ -171,6 +172,7 @@ def export_bundle(
         problem = B.check_field(k, json.loads(json.dumps(v)))
         if problem:
             raise ValueError(f"bundle field {k!r} = {v!r} {problem}")
+    check_window(info.get("window") or None, info.get("window_stride") or None, info["stride"])
     if fp16:
         import copy
 
@@ -223,11 +225,15 @@ def export_bundle(
     return bundle, errs
 
 
-def _clip_info(model, mean, std, templates, threshold, background, **fields) -> dict:
-    """BundleInfo fields shared by every export of an open_clip CLIP's towers."""
+def _clip_info(model, mean, std, templates, threshold, background, logit_scale=None,
+               **fields) -> dict:  # fmt: skip
+    """BundleInfo fields shared by every export of an open_clip CLIP's towers
+    (``logit_scale`` None = the model's own, exp(logit_scale))."""
+    if logit_scale is None:
+        logit_scale = float(model.logit_scale.detach().exp())
     return dict(
         embed_dim=int(model.visual.output_dim),
-        logit_scale=float(model.logit_scale.detach().exp()),
+        logit_scale=float(logit_scale),
         mean=tuple(mean),
         std=tuple(std),
         context_length=int(model.context_length),
@@ -253,14 +259,27 @@ def export_dense_clip(
     threshold=0.0,
     background=(),
     fp16_weights=False,
+    logit_scale=None,
+    window="native",
+    window_stride=0,
 ):
-    """Export an open_clip CLIP as a training-free dense bundle (kind = ``mode``)."""
+    """Export an open_clip CLIP as a training-free dense bundle (kind = ``mode``).
+
+    ``window`` / ``window_stride``: the bundle's sliding-window default (pixels; 0 =
+    whole image, stride 0 = half the window); "native" = windows of the model's native
+    image size at half-window stride, the official protocol and what measures best on
+    the toy teacher (BENCHMARKS.md). ``input_size`` None = 1.5x native with windows
+    (SCLIP's 336 for 224), 2x native without."""
     from train.models.clip_loader import activation
     from train.models.dense_clip import CLIPText, DenseCLIPImage
 
     image = DenseCLIPImage(model.visual, mode, mean, std)
     text = CLIPText(model)
     native = max(model.visual.image_size)
+    if window == "native":
+        window = native - native % image.stride
+    window = int(window or 0)
+    default_size = (3 * native // 2) if window else 2 * native
     info = _clip_info(
         model,
         mean,
@@ -268,9 +287,12 @@ def export_dense_clip(
         templates,
         threshold,
         background,
+        logit_scale,
         kind=mode,
         stride=image.stride,
-        input_size=int(input_size or 2 * native),
+        input_size=int(input_size or default_size),
+        window=window,
+        window_stride=int(window_stride or 0),
         provenance={
             "teacher": name,
             "pretrained": pretrained,
@@ -293,6 +315,9 @@ def export_student(
     threshold=0.0,
     background=(),
     fp16_weights=False,
+    logit_scale=None,
+    window=0,
+    window_stride=0,
 ):
     """Export a CLIP-S4 training checkpoint: the student image graph + the teacher's
     text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash)."""
@@ -333,7 +358,10 @@ def export_student(
         templates,
         threshold,
         background,
+        logit_scale,
         kind="clip-s4",
+        window=int(window or 0),
+        window_stride=int(window_stride or 0),
         stride=int(student.stride),
         input_size=int(input_size or cfg.teacher_size),
         known_classes=tuple(ckpt["teacher"]["known_classes"]),
@@ -370,6 +398,14 @@ def _parser() -> argparse.ArgumentParser:
         help="prompt templates (default: imagenet; a checkpoint's own setting)",
     )
     p.add_argument("--threshold", type=float, default=0.0, help="background probability rule")
+    p.add_argument("--logit-scale", type=float, help="softmax temperature written into the "
+                   "bundle (default: the model's own, 100 for CLIP; the official SCLIP/ClearCLIP "
+                   "protocols use 40-65 with their thresholds)")  # fmt: skip
+    p.add_argument("--window", type=int, help="default sliding window, pixels of the working "
+                   "size (0 = whole image; default: the native size for --clip/--model-config, "
+                   "whole image for --checkpoint)")  # fmt: skip
+    p.add_argument("--window-stride", type=int, default=0,
+                   help="pixels between windows (default: half the window)")  # fmt: skip
     p.add_argument("--background", default="", help="comma-separated background class names")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="float16 compute (GPU deployment)")
@@ -436,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
                 threshold=args.threshold,
                 background=background,
                 fp16_weights=args.fp16_weights,
+                logit_scale=args.logit_scale,
+                window=args.window or 0,
+                window_stride=args.window_stride,
             )
             if args.int8:
                 _report(args.out, info, errs)
@@ -456,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             threshold=args.threshold,
             background=background,
             fp16_weights=args.fp16_weights,
+            logit_scale=args.logit_scale,
+            window="native" if args.window is None else args.window,
+            window_stride=args.window_stride,
         )
         if args.int8:
             _report(args.out, info, errs)

@@ -111,7 +111,7 @@ def needs_quick_gelu(name: str, pretrained: str | None) -> bool:
 
 
 def activation(model) -> str:
-    """"quick_gelu" or "gelu" (or another class name): the MLP activation that an
+    """The MLP activation ("quick_gelu", "gelu", or class names) that an
     open_clip CLIP's towers were built with (recorded in bundle provenance)."""
     names = {
         type(m).__name__

@@ -156,6 +156,20 @@ def _sclip(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
+def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int], h, w, pad: float = 0.0):
+    """(1 + gh*gw, C) positional embedding (class token first) -> (1 + h*w, C), the grid
+    resampled bicubically (``resample_matrix``; ``h``, ``w`` may be traced sizes). With
+    ``pad`` > 0, as the official SCLIP/ClearCLIP code: the raw embedding at the native
+    grid (both sides), ``(n + pad)`` scaling otherwise (pad switched off arithmetically,
+    no Python branch on a traced size)."""
+    gh, gw = grid
+    native = torch.as_tensor((h == gh) & (w == gw), dtype=torch.float32)
+    pad = pad * (1.0 - native)
+    mh, mw = resample_matrix(h, gh, pad), resample_matrix(w, gw, pad)
+    out = torch.einsum("ia,abc,jb->ijc", mh, pos[1:].reshape(gh, gw, -1).float(), mw)
+    return torch.cat([pos[:1], out.reshape(-1, pos.shape[-1]).to(pos.dtype)], dim=0)
+
+
 class DenseCLIPImage(nn.Module):
     """uint8 (B, H, W, 3) RGB -> float32 (B, D, H/p, W/p) unit-length embeddings.
 
@@ -185,16 +199,8 @@ class DenseCLIPImage(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
 
     def _pos_embed(self, h, w) -> torch.Tensor:
-        pos = self.visual.positional_embedding
-        gh, gw = self.grid
-        grid = pos[1:].reshape(gh, gw, -1).float()
-        # the official code adds the raw embedding at the native grid (both sides), and
-        # resamples with (n + pad) otherwise: pad is switched off there arithmetically
-        native = torch.as_tensor((h == gh) & (w == gw), dtype=torch.float32)
-        pad = POS_PAD[self.mode] * (1.0 - native)
-        mh, mw = resample_matrix(h, gh, pad), resample_matrix(w, gw, pad)
-        grid = torch.einsum("ia,abc,jb->ijc", mh, grid, mw).to(pos.dtype)
-        return torch.cat([pos[:1], grid.reshape(-1, pos.shape[-1])], dim=0)
+        return resample_pos_embed(self.visual.positional_embedding, self.grid, h, w,
+                                  POS_PAD[self.mode])  # fmt: skip
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         v = self.visual

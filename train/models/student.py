@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.models.dense_clip import DenseCLIPImage, block_forward
+from train.models.dense_clip import block_forward, resample_pos_embed
 
 CNN_BACKBONES = (
     "resnet10t",
@@ -120,7 +120,8 @@ class ViTStudent(nn.Module):
             nn.Conv2d(width, embed_dim, 1),
         )
 
-    _pos = DenseCLIPImage._pos_embed  # same in-graph interpolation of the grid
+    def _pos(self, h, w) -> torch.Tensor:  # in-graph bicubic resampling (size=, as before)
+        return resample_pos_embed(self.visual.positional_embedding, self.grid, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.visual

@@ -1,0 +1,141 @@
+"""Synonyms (a class with several names) and the logit scale at run time."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import clips4rt
+from clips4rt.vocab import read_classes_file, vocabulary
+
+SYN = {"water": ["water", "sea"], "land": ["grass", "sand", "brick wall"], "sky": ["sky"],
+       "thing": ["car", "tree", "ball"]}  # fmt: skip
+FLAT = [n for names in SYN.values() for n in names]
+OWNER = [k for k, names in enumerate(SYN.values()) for _ in names]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return clips4rt.Segmenter()
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from importlib import resources
+
+    from clips4rt.images import load_image
+
+    return load_image(str(resources.files("clips4rt") / "data" / "demo_scene.png"))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_synonym_labels_are_the_flat_query_mapped_by_name(toy, scene, threshold):
+    syn = toy.run(scene, SYN, threshold=threshold)
+    flat = toy.run(scene, FLAT, threshold=threshold)
+    lut = np.array(OWNER + [-1])
+    np.testing.assert_array_equal(syn.labels, lut[flat.labels])
+    assert syn.classes == list(SYN)
+    # the score is the winning name's probability over all names (the official rule)
+    np.testing.assert_allclose(syn.scores, flat.scores)
+    assert len(np.unique(flat.labels)) > len(np.unique(syn.labels)) > 1  # names merged
+    if threshold:
+        assert (syn.labels == -1).any()
+    for got in (toy.run_batch([scene], SYN, threshold=threshold)[0],
+                next(iter(toy.stream([scene], SYN, threshold=threshold)))):  # fmt: skip
+        np.testing.assert_array_equal(got.labels, syn.labels)
+
+
+def test_synonym_queries_are_remembered_but_never_stale(toy, scene):
+    a = toy.run(scene, {"x": ["sky", "grass"], "y": ["car"]})
+    b = toy.run(scene, {"x": ["sky"], "y": ["car", "grass"]})
+    assert (a.labels != b.labels).any()
+    np.testing.assert_array_equal(toy.run(scene, {"x": ["sky", "grass"], "y": ["car"]}).labels,
+                                  a.labels)  # fmt: skip
+
+
+def test_bad_vocabularies_are_refused():
+    with pytest.raises(TypeError, match="list of names"):
+        vocabulary({"car": "car"})
+    with pytest.raises(TypeError, match="list of names"):
+        vocabulary({"car": None})
+    with pytest.raises(ValueError, match="no names"):
+        vocabulary({"car": []})
+    with pytest.raises(ValueError, match="belongs to one class"):
+        vocabulary({"car": ["car", "auto"], "truck": ["auto"]})
+    with pytest.raises(TypeError, match="strings"):
+        vocabulary({1: ["car"]})
+    with pytest.raises(TypeError, match="strings"):
+        vocabulary({"car": ["car", 3]})
+    with pytest.raises(TypeError, match="not a set"):
+        vocabulary({"car", "dog"})
+    v = vocabulary({"car": ["car"], "dog": ["dog"]})
+    assert v.owner is None and v.classes == ["car", "dog"]
+
+
+def test_classes_file(tmp_path, toy, scene, capsys):
+    f = tmp_path / "classes.txt"
+    f.write_text(
+        "# my classes\nwater | sea\n\nland|grass|sand|brick wall\nsky\nthing|car|tree|ball\n"
+    )
+    got = read_classes_file(f)
+    assert got == {"water": ["water", "sea"], "land": ["land", "grass", "sand", "brick wall"],
+                   "sky": ["sky"], "thing": ["thing", "car", "tree", "ball"]}  # fmt: skip
+    for text, match in (("a||b\n", "empty name"), ("a\na|b\n", "twice"), ("# only\n", "no class")):
+        f.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read_classes_file(f)
+    f.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="UTF-8"):
+        read_classes_file(f)
+    f.write_text("sky\nland|grass|sand\n")
+    from clips4rt.cli import main
+
+    assert main(["segment", str(_png(tmp_path, scene)), "--classes-file", str(f), "--out",
+                 str(tmp_path / "o")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "land" in out and "grass" not in out.split(":", 1)[1].split("->")[0]
+    assert main(["segment", str(tmp_path / "s.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "--classes-file" in capsys.readouterr().err
+
+
+def _png(tmp_path, scene):
+    from PIL import Image
+
+    Image.fromarray(scene).save(tmp_path / "s.png")
+    return tmp_path / "s.png"
+
+
+def test_logit_scale_changes_probabilities_never_labels(toy, scene):
+    classes = ["sky", "grass", "water", "sand", "car", "pyramid"]
+    base = toy.run(scene, classes, threshold=0)
+    assert math.isclose(float(toy.info.logit_scale), toy._query(classes).logit_scale)
+    for scale in (1.0, 40.0, 250.0):
+        r = toy.run(scene, classes, threshold=0, logit_scale=scale)
+        np.testing.assert_array_equal(r.labels, base.labels)
+        np.testing.assert_allclose(r.similarity, base.similarity)
+        # the winner's probability is 1 / sum_k exp(scale * (cos_k - cos_max))
+    soft = toy.run(scene, classes, threshold=0, logit_scale=1.0).scores
+    sharp = toy.run(scene, classes, threshold=0, logit_scale=250.0).scores
+    assert soft.max() < 0.5 < sharp.mean()
+    assert (soft <= 1 / len(classes) * math.e**2).all()  # cosines differ by at most 2
+    kept_soft = toy.run(scene, classes, threshold=0.4, logit_scale=10.0).labels >= 0
+    kept_sharp = toy.run(scene, classes, threshold=0.4, logit_scale=250.0).labels >= 0
+    assert kept_soft.mean() < kept_sharp.mean()
+    for bad in (0, -1.0, float("nan"), float("inf"), 1e9, True, "40"):
+        with pytest.raises(ValueError, match="logit_scale"):
+            toy.run(scene, classes, logit_scale=bad)
+
+
+def test_export_logit_scale(tmp_path, tiny_clip):
+    from train.export import export_dense_clip
+
+    model, name, mean, std = tiny_clip
+    info, _ = export_dense_clip(model, name, None, mean, std, "maskclip", tmp_path / "m.onnx",
+                                templates="simple", logit_scale=50.0)  # fmt: skip
+    assert info.logit_scale == 50.0
+    assert clips4rt.Segmenter(tmp_path / "m.onnx").info.logit_scale == 50.0
+    with pytest.raises(ValueError, match="logit_scale"):
+        export_dense_clip(model, name, None, mean, std, "maskclip", tmp_path / "n.onnx",
+                          logit_scale=float("nan"))  # fmt: skip
