@@ -106,7 +106,9 @@ def main() -> None:
     }
     t = teacher
     print(f"\nheld-out: toy world seed {SEED}, {COUNT} scenes; student at {args.size} px")
-    print(f"teacher's best mode: {t['mode']} {t['input_size']} px {t['templates']}\n")
+    win = t.get("window")  # toy_baselines' [window, stride], or absent/None = whole image
+    win = f", windows {win[0]}/{win[1]}" if win else ""
+    print(f"teacher's best mode: {t['mode']} {t['input_size']} px {t['templates']}{win}\n")
     print("| run | mIoU | known | unknown | minutes |")
     print("| --- | --- | --- | --- | --- |")
     print(f"| teacher ({t['mode']}) | {t['miou']:.1f} | {t['miou_known']:.1f} | "

@@ -85,9 +85,10 @@ def test_demo_finds_the_two_things_of_its_scene():
 def test_default_bundle_is_the_student_and_beats_its_teacher():
     """The embedded bundle is the CLIP-S4 student of the toy preset. On 100 held-out toy
     scenes (the evaluation seed 3000) it is ahead of its teacher's best training-free
-    dense mode (MaskCLIP, SCLIP or ClearCLIP at 128 px, ImageNet templates, the best by
-    mIoU) on all classes, on the 15 known and on the 5 unknown ones, and the teacher is
-    far above the same architecture with random weights."""
+    dense mode (MaskCLIP, SCLIP or ClearCLIP at 128 px with the export's default sliding
+    windows of the native 96 px, ImageNet templates, the best by mIoU) on all classes, on
+    the 15 known and on the 5 unknown ones, and the teacher is far above the same
+    architecture with random weights."""
     pytest.importorskip("open_clip")
     import tempfile
 
