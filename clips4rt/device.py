@@ -47,16 +47,19 @@ def trt_options(
     input_size: int,
     fp16: bool = True,
     max_side: int | None = None,
+    opt_side: int | None = None,
 ) -> dict:
     """TensorRT provider options: fp16 kernels, an engine cache in ``cache_dir`` (built
     once, minutes, then loaded in seconds), and one dynamic-shape profile for the image
-    input from one stride-sized patch up to ``max_side`` (default 4x ``input_size``, the
-    working size's cap) per side, optimised for a square ``input_size`` frame."""
+    input (batch 1) from one stride-sized patch up to ``max_side`` (default 4x
+    ``input_size``, the working size's cap) per side, optimised for a square ``opt_side``
+    frame (default ``input_size``; a bundle with sliding windows: its window)."""
     top = int(max_side or 4 * input_size)
     top -= top % stride
     if not stride <= input_size <= top:
         raise ValueError(f"TensorRT profile: need stride <= input_size <= max_side, got "
                          f"{stride}, {input_size}, {top}")  # fmt: skip
+    opt = min(int(opt_side or input_size), top)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     name = B.IMAGE_INPUT
@@ -67,7 +70,7 @@ def trt_options(
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache),
         "trt_profile_min_shapes": f"{name}:1x{stride}x{stride}x3",
-        "trt_profile_opt_shapes": f"{name}:1x{input_size}x{input_size}x3",
+        "trt_profile_opt_shapes": f"{name}:1x{opt}x{opt}x3",
         "trt_profile_max_shapes": f"{name}:1x{top}x{top}x3",
     }
 

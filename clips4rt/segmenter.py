@@ -22,6 +22,7 @@ from clips4rt.stream import pipelined
 from clips4rt.text import TextEncoder
 from clips4rt.tokenizer import tokenize
 from clips4rt.vocab import Vocabulary, vocabulary
+from clips4rt.window import MAX_BATCH as WINDOW_BATCH
 from clips4rt.window import check_window, embed_windows
 
 __all__ = [
@@ -192,7 +193,7 @@ class Segmenter:
                                               str(self.path))  # fmt: skip
             cache = trt_cache or Path.home() / ".cache" / "clips4rt" / "trt"
             self._trt = DV.trt_options(cache, info.stride, info.input_size, trt_fp16,
-                                       trt_max_side)  # fmt: skip
+                                       trt_max_side, opt_side=info.window)  # fmt: skip
             del meta
         self._image = self._session(self.path)
         meta = self._image.get_modelmeta().custom_metadata_map
@@ -396,7 +397,7 @@ class Segmenter:
         if q.window is None:
             labels, scores, probs = self._matcher.run(frame[None], *args)
         else:  # the crops' mean embeddings come from the host
-            emb = embed_windows(self.embed, frame, *q.window, self.info.stride)
+            emb = self._embed_windows(frame, q.window)
             labels, scores, probs = self._matcher.run_embeddings(emb[None], *args)
         labels = q.vocab.map_labels(labels[0])
         return SegmentationResult(labels, probs[0], scores[0], list(q.vocab.classes), image)
@@ -407,8 +408,13 @@ class Segmenter:
         hh, ww = self.working_size(*image.shape[:2], size)
         frame = self._resize(image, hh, ww)
         if win is not None:
-            return image, embed_windows(self.embed, frame, *win, self.info.stride)
+            return image, self._embed_windows(frame, win)
         return image, self.embed(frame[None])[0]
+
+    def _embed_windows(self, frame, win) -> np.ndarray:
+        # TensorRT's profile takes one image a run (an engine per batch size otherwise)
+        batch = 1 if self._trt is not None else WINDOW_BATCH
+        return embed_windows(self.embed, frame, *win, self.info.stride, batch=batch)
 
     def run_batch(
         self,

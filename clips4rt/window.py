@@ -71,6 +71,7 @@ def embed_windows(
     window: int,
     stride: int,
     model_stride: int,
+    batch: int = MAX_BATCH,
 ) -> np.ndarray:
     """Mean embeddings of the crops of a working-size image.
 
@@ -78,6 +79,7 @@ def embed_windows(
         embed: the image graph: uint8 (B, h, w, 3) -> float32 (B, D, h/s, w/s).
         image: (H, W, 3) uint8, H and W multiples of ``model_stride``.
         window, stride: pixels, multiples of ``model_stride`` (``check_window``).
+        batch: crops per graph run.
     Returns:
         (D, H/s, W/s) float32: per token, the mean over the crops covering it.
     """
@@ -94,8 +96,8 @@ def embed_windows(
     boxes = [(y, x) for y in ys for x in xs]
     acc = None
     count = np.zeros((H // s, W // s), np.float32)
-    for i in range(0, len(boxes), MAX_BATCH):
-        part = boxes[i : i + MAX_BATCH]
+    for i in range(0, len(boxes), batch):
+        part = boxes[i : i + batch]
         emb = embed(np.stack([image[y : y + ch, x : x + cw] for y, x in part]))
         if acc is None:
             acc = np.zeros((emb.shape[1], H // s, W // s), np.float32)

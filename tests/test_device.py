@@ -107,6 +107,9 @@ def test_tensorrt_options(tmp_path):
     assert opts["trt_profile_opt_shapes"] == "image:1x448x448x3"
     assert opts["trt_profile_max_shapes"] == "image:1x1792x1792x3"  # 4x, a stride multiple
     assert not DV.trt_options(tmp_path, 14, 224, fp16=False, max_side=500)["trt_fp16_enable"]
+    windowed = DV.trt_options(tmp_path, 16, 336, opt_side=224)  # a bundle with windows
+    assert windowed["trt_profile_opt_shapes"] == "image:1x224x224x3"
+    assert windowed["trt_profile_max_shapes"] == "image:1x1344x1344x3"
     assert DV.trt_options(tmp_path, 14, 224, max_side=500)["trt_profile_max_shapes"].endswith(
         "x490x490x3"
     )

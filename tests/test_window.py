@@ -52,6 +52,10 @@ def test_window_average_equals_the_official_logit_average(rng):
         return feats.transpose(0, 3, 1, 2).copy()
 
     emb = embed_windows(graph, image, 48, 24, s)
+    assert max(c[0] for c in calls) > 1  # crops batched
+    calls.clear()
+    np.testing.assert_array_equal(embed_windows(graph, image, 48, 24, s, batch=1), emb)
+    assert all(c[0] == 1 for c in calls)  # one crop a run (TensorRT's profile)
     ours = np.einsum("kd,dhw->khw", protos, emb)
     preds = np.zeros((K, 88 // s, 120 // s))
     count = np.zeros((88 // s, 120 // s))
