@@ -20,13 +20,21 @@ Shards are indexed once (member headers only, no decoding) and read by offset, n
 unpacked; a truncated shard keeps its complete members (with a warning), a file that
 is not a tar is skipped with a warning. JPEGs decode at a reduced scale when they are
 much larger than S (``load_image(min_side=)``).
+
+Shards and patterns are untrusted: a header whose size or offset runs backwards ends
+the shard's index (a negative base-256 size used to send tarfile round in a loop), a
+member over ``MAX_MEMBER_BYTES`` is skipped by name before anything is read, a brace
+pattern is counted before it is expanded (at most ``MAX_PATTERNS`` names), and a file
+is read only while it is a regular file (a FIFO swapped in never blocks a reader).
 """
 
 from __future__ import annotations
 
 import glob
 import itertools
+import os
 import re
+import stat
 import tarfile
 import warnings
 from dataclasses import dataclass
@@ -38,6 +46,7 @@ from PIL import Image
 
 from clips4rt.errors import ImageError
 from clips4rt.images import IMAGE_SUFFIXES, load_image
+from train.shards import MAX_MEMBER_BYTES
 
 
 def _square(img: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -74,6 +83,21 @@ class ToySource:
 
 
 # ------------------------------------------------------------------ catalog
+MAX_PATTERNS = 100_000  # names a brace pattern may expand to
+
+
+def read_regular(path: str, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of ``path``, which must be a regular file: opened
+    without blocking and checked before reading (a FIFO or device is refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f"{path} is not a regular file")
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class Entry:
     """One image: a file (``offset`` -1), or a member of a tar shard read at
@@ -89,44 +113,87 @@ class Entry:
 
     def load(self, min_side: int) -> np.ndarray:
         if self.offset < 0:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):
+                raise ImageError(f"{self.path} is not a regular file")
             return load_image(self.path, min_side=min_side)
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
+        if not 0 <= self.size <= MAX_MEMBER_BYTES:
+            raise ImageError(f"{self}: {self.size} bytes, over {MAX_MEMBER_BYTES}")
+        data = read_regular(self.path, self.offset, self.size)
         if len(data) < self.size:
             raise ImageError(f"{self}: the shard ends inside this member")
         return load_image(data, min_side=min_side)
 
 
-def _braces(pattern: str) -> list[str]:
-    """Expand ``{a,b}`` and ``{000..012}`` (zero-padded ranges) as WebDataset does."""
+def _brace_group(pattern: str):
+    """(head, options as a range or a list, tail) of the first ``{...}``, or None."""
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
+        return None
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", m.group(1))
+    opts = range(int(r[1]), int(r[2]) + 1) if r else m.group(1).split(",")
+    return pattern[: m.start()], opts, len(r[1]) if r else 0, pattern[m.end() :]
+
+
+def _brace_count(pattern: str) -> int:
+    """How many names ``pattern`` expands to, without expanding it (options hold no
+    braces, so every option leaves the same groups behind)."""
+    count = 1
+    while (g := _brace_group(pattern)) is not None:
+        head, opts, _, tail = g
+        count *= len(opts)
+        if count > MAX_PATTERNS:
+            return count
+        pattern = head + "x" + tail
+    return count
+
+
+def _braces(pattern: str) -> list[str]:
+    """Expand ``{a,b}`` and ``{000..012}`` (zero-padded ranges) as WebDataset does; at
+    most ``MAX_PATTERNS`` names (counted first: a pattern never allocates past that)."""
+    n = _brace_count(pattern)
+    if n > MAX_PATTERNS:
+        raise ValueError(
+            f"--data={pattern} expands to at least {n} names, over "
+            f"the limit of {MAX_PATTERNS}: narrow the ranges, or give the shards' folder "
+            "or a glob (shards/*.tar)"
+        )
+    return _expand(pattern)
+
+
+def _expand(pattern: str) -> list[str]:
+    g = _brace_group(pattern)
+    if g is None:
         return [pattern]
-    body = m.group(1)
-    r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if r:
-        lo, hi = r.groups()
-        opts = [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
-    else:
-        opts = body.split(",")
-    head, tail = pattern[: m.start()], pattern[m.end() :]
-    return [x for o in opts for x in _braces(head + o + tail)]
+    head, opts, width, tail = g
+    names = [str(o).zfill(width) for o in opts] if width else opts
+    return [x for o in names for x in _expand(head + o + tail)]
 
 
 def shard_entries(path: Path) -> list[Entry]:
     """The image members of one tar shard (headers only). A truncated shard gives its
     complete members, a file that is not a tar none (each with a warning)."""
     entries = []
+    big: list[str] = []
+    if not path.is_file():
+        warnings.warn(f"skipping {path}: not a regular file", stacklevel=2)
+        return entries
     end = path.stat().st_size
     try:
         with tarfile.open(path, "r:") as tar:  # random access: reads headers, seeks past data
-            for m in tar:
+            last = -1
+            while (m := tar.next()) is not None:
+                if m.offset <= last or m.size < 0 or m.offset_data < m.offset:
+                    raise tarfile.ReadError(f"corrupt header of {m.name!r} (size {m.size})")
+                last = m.offset
+                tar.members.clear()  # the index is ours: tarfile need not keep every header
                 if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
                     if m.offset_data + m.size > end:
                         raise tarfile.ReadError("unexpected end of data")
+                    if m.size > MAX_MEMBER_BYTES:
+                        big.append(m.name)
+                        continue
                     entries.append(Entry(str(path), m.offset_data, m.size, m.name))
-    except (tarfile.ReadError, EOFError, OSError) as e:
+    except (tarfile.ReadError, EOFError, OSError, ValueError) as e:
         if not entries:
             warnings.warn(f"skipping {path}: not a readable tar shard ({e})", stacklevel=2)
         else:
@@ -134,6 +201,12 @@ def shard_entries(path: Path) -> list[Entry]:
                 f"{path} is truncated ({e}): using its first {len(entries)} complete images",
                 stacklevel=2,
             )
+    if big:
+        warnings.warn(
+            f"{path}: skipping {len(big)} members over {MAX_MEMBER_BYTES} bytes "
+            f"({', '.join(big[:5])}{', ...' if len(big) > 5 else ''})",
+            stacklevel=2,
+        )
     return entries
 
 
@@ -169,8 +242,10 @@ def catalog(data: str) -> list[Entry]:
 
 # ------------------------------------------------------------------ the stream
 class ImageStream(torch.utils.data.IterableDataset):
-    """Batches (step, uint8 (b, S, S, 3) tensor, names of files skipped) of one rank, for
-    steps ``start``, ``start + 1``, ... (see the module docstring for the order)."""
+    """Batches (step, uint8 (b, S, S, 3) tensor, names of files skipped, None) of one
+    rank, for steps ``start``, ``start + 1``, ... (see the module docstring for the
+    order); when no image decodes, a last (step, None, skipped, message) instead of an
+    exception (which a DataLoader would wrap in a worker traceback)."""
 
     def __init__(self, entries, size, batch, seed, start=0, rank=0, world=1):
         if batch % world:
@@ -213,9 +288,13 @@ class ImageStream(torch.utils.data.IterableDataset):
             if info is not None:
                 batch.share_memory_()
             images = batch.numpy()
-            for j, i in enumerate(range(self.rank * b, (self.rank + 1) * b)):
-                self.image(step * self.batch + i, bad, images[j])
-            yield step, batch, list(bad.items())[seen:]
+            try:
+                for j, i in enumerate(range(self.rank * b, (self.rank + 1) * b)):
+                    self.image(step * self.batch + i, bad, images[j])
+            except ValueError as e:
+                yield step, None, list(bad.items())[seen:], str(e)
+                return
+            yield step, batch, list(bad.items())[seen:], None
 
 
 class StreamSource:
@@ -237,12 +316,14 @@ class StreamSource:
         return len(self.bad)
 
     def next_batch(self, step: int) -> torch.Tensor:
-        got, images, bad = next(self._it)
+        got, images, bad, error = next(self._it)
         assert got == step, f"data stream out of order: got step {got}, expected {step}"
         for name, why in bad:  # each worker reports a file once; workers may repeat it
             if name not in self.bad:
                 self.bad[name] = why
                 warnings.warn(f"skipping an unreadable image: {why}", stacklevel=2)
+        if error is not None:
+            raise ValueError(f"--data: {error} (e.g. {next(iter(self.bad.values()), '?')})")
         return images
 
     def close(self) -> None:
