@@ -54,13 +54,18 @@ def trt_options(
     input (batch 1) from one stride-sized patch up to ``max_side`` (default 4x
     ``input_size``, the working size's cap) per side, optimised for a square ``opt_side``
     frame (default ``input_size``; a bundle with sliding windows: its window)."""
+    if max_side is not None and not (
+        isinstance(max_side, int) and not isinstance(max_side, bool) and max_side > 0
+    ):
+        raise ValueError(f"trt_max_side must be a positive int (pixels) or None (4x the "
+                         f"bundle's input size), got {max_side!r}")  # fmt: skip
     top = int(max_side or 4 * input_size)
     top -= top % stride
     if not stride <= input_size <= top:
         raise ValueError(f"TensorRT profile: need stride <= input_size <= max_side, got "
                          f"{stride}, {input_size}, {top}")  # fmt: skip
     opt = min(int(opt_side or input_size), top)
-    cache = Path(cache_dir)
+    cache = Path(cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     name = B.IMAGE_INPUT
     return {

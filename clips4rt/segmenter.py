@@ -153,7 +153,7 @@ class Segmenter:
         trt_cache=None,
         trt_max_side: int | None = None,
     ):
-        self.path = default_model() if path is None else Path(path)
+        self.path = default_model() if path is None else Path(path).expanduser()
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         self.providers = resolve_providers(providers)
@@ -191,7 +191,7 @@ class Segmenter:
             meta = self._session(self.path, ["CPUExecutionProvider"], light=True)
             info = B.BundleInfo.from_metadata(meta.get_modelmeta().custom_metadata_map,
                                               str(self.path))  # fmt: skip
-            cache = trt_cache or Path.home() / ".cache" / "clips4rt" / "trt"
+            cache = Path(trt_cache or "~/.cache/clips4rt/trt").expanduser()
             self._trt = DV.trt_options(cache, info.stride, info.input_size, trt_fp16,
                                        trt_max_side, opt_side=info.window)  # fmt: skip
             del meta

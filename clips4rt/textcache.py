@@ -3,14 +3,18 @@
 One ``.npy`` file per (text graph, templates, class name), named by the sha256 of
 all three, under ``cache_dir/<first 16 hex of the text graph's sha256>/``. Writes
 are atomic (temporary file + rename); a file that does not load as a finite,
-unit-length float32 vector of the bundle's width is ignored and rewritten.
+unit-length float32 vector of the bundle's width is ignored and rewritten. Files are
+read bounded (the header's shape and type are checked before the data is read, at most
+a few KiB) and only when they are regular files (a FIFO never blocks ``run``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,7 +24,7 @@ import numpy as np
 
 class TextCache:
     def __init__(self, root, text_sha256: str, dim: int):
-        self.dir = Path(root) / text_sha256[:16]
+        self.dir = Path(root).expanduser() / text_sha256[:16]
         self.text_sha256, self.dim = text_sha256, dim
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -32,16 +36,21 @@ class TextCache:
         return self.dir / (hashlib.sha256(key.encode("utf-8")).hexdigest() + ".npy")
 
     def get(self, name: str, templates: tuple[str, ...]) -> np.ndarray | None:
-        path = self._path(name, templates)
+        raw = _read_small(self._path(name, templates), 4096 + 4 * self.dim)
+        if raw is None:
+            return None  # missing or not a plain file: recomputed and rewritten by the caller
         try:
-            with open(path, "rb") as f:
-                v = np.load(f, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None  # missing or corrupt: recomputed and rewritten by the caller
+            f = io.BytesIO(raw)
+            major, _ = np.lib.format.read_magic(f)
+            read = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
+            shape, fortran, dtype = read[major](f)
+            if shape != (self.dim,) or dtype != np.dtype("<f4"):
+                return None  # checked before the data: a header's claim allocates nothing
+            v = np.frombuffer(f.read(4 * self.dim), "<f4").astype(np.float32)
+        except (KeyError, ValueError, EOFError):
+            return None
         ok = (
-            isinstance(v, np.ndarray)
-            and v.dtype == np.float32
-            and v.shape == (self.dim,)
+            v.shape == (self.dim,)
             and np.isfinite(v).all()
             and abs(float(np.linalg.norm(v)) - 1.0) < 1e-3
         )
@@ -66,3 +75,21 @@ class TextCache:
             except OSError:
                 pass
             warnings.warn(f"text cache: cannot write {path} ({e})", RuntimeWarning, stacklevel=3)
+
+
+def _read_small(path: Path, limit: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None;
+    opened without blocking (a FIFO returns None at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        return os.pread(fd, limit + 1, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -35,7 +35,11 @@ def resolve_path(path: str | None) -> str | None:
     """A config's file path as given when it exists from the working directory (or is
     absolute), else relative to the checkout (``train/assets/toy-teacher.pt`` works from
     any directory); unchanged when neither exists, so the error names what was given."""
-    if path is None or Path(path).is_absolute() or Path(path).exists():
+    if path is None:
+        return path
+    if path.startswith("~"):
+        path = str(Path(path).expanduser())
+    if Path(path).is_absolute() or Path(path).exists():
         return path
     inside = CHECKOUT / path
     return str(inside) if inside.exists() else path

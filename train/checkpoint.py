@@ -53,14 +53,19 @@ def set_numpy_rng_state(s: dict) -> None:
 
 
 def save(state: dict, path: Path) -> None:
-    """Write atomically: a temp file, flushed to disk, then renamed over ``path``."""
+    """Write atomically: a temp file, flushed to disk, then renamed over ``path``; on
+    any error the temp file is removed and ``path`` is as it was."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no partial file left to trip the next --resume
+        tmp.unlink(missing_ok=True)
+        raise
     try:  # the rename itself survives a power loss once the folder is synced
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:

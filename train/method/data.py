@@ -213,6 +213,8 @@ def shard_entries(path: Path) -> list[Entry]:
 def catalog(data: str) -> list[Entry]:
     """Every image of ``data``: a folder (image files and ``.tar`` shards, recursive), a
     glob, or a brace pattern (``shards/train-{0000..0099}.tar``)."""
+    if data.startswith("~"):
+        data = str(Path(data).expanduser())
     root = Path(data)
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file())

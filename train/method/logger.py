@@ -30,9 +30,13 @@ def _prepare_csv(path: Path, step: int) -> bool:
     if old != COLUMNS:
         keep = [[dict(zip(old, r)).get(c, "") for c in COLUMNS] for r in keep]
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([COLUMNS, *keep])
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([COLUMNS, *keep])
+        os.replace(tmp, path)
+    except BaseException:  # the old file stays whole
+        tmp.unlink(missing_ok=True)
+        raise
     return False
 
 

@@ -13,6 +13,7 @@ cosine, gradient clipping, bf16 autocast on CUDA, checkpoints written atomically
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -229,11 +230,6 @@ def train(
     ``stop_after``: return after this many steps of this call (tests simulate a kill)."""
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out, --overwrite starts over: pick one")
-    from train.method.data import make_source
-    from train.method.logger import LOSSES, MetricsLog
-    from train.method.prototypes import UnknownPrototypes
-    from train.models.student import build_student
-
     rank, world, device = D.setup()
     if cfg.batch % world:
         raise ValueError(f"--batch={cfg.batch} must be a multiple of the {world} processes")
@@ -244,10 +240,20 @@ def train(
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    R.prepare_out(out, resume, overwrite, rank == 0)  # before the teacher loads
-    D.barrier()
-    out.mkdir(parents=True, exist_ok=True)
+    out = R.open_out(Path(cfg.out))  # checked before the teacher loads
+    with R.RunLock(out, enabled=rank == 0):  # one run per folder
+        R.prepare_out(out, resume, overwrite, rank == 0)
+        D.barrier()
+        return _train(cfg, out, resume, stop_after, rank, world, device, gen)
+
+
+def _train(cfg, out, resume, stop_after, rank, world, device, gen) -> Path:
+    """``train`` in its checked, locked folder."""
+    from train.method.data import make_source
+    from train.method.logger import LOSSES, MetricsLog
+    from train.method.prototypes import UnknownPrototypes
+    from train.models.student import build_student
+
     teacher = Teacher(cfg, device)
     validator = _validator(cfg, teacher) if cfg.val and rank == 0 else None
     student = build_student(
@@ -385,13 +391,22 @@ def train(
                 if main:
                     R.save_checkpoint(last, state, cfg.keep)
                 D.barrier()
-    finally:
-        log.close()
-        if hasattr(source, "close"):
-            source.close()
+    except BaseException:  # the first error is the one to see (a full disk fails close too)
+        _close_quietly(log, source)
+        raise
+    log.close()
+    if hasattr(source, "close"):
+        source.close()
     if source.skipped:
         print(f"skipped {source.skipped} unreadable image files")
     return last or R.latest_checkpoint(out)
+
+
+def _close_quietly(*things) -> None:
+    for t in things:
+        if hasattr(t, "close"):
+            with contextlib.suppress(Exception):
+                t.close()
 
 
 def _validator(cfg: TrainConfig, teacher: Teacher):

@@ -2,13 +2,22 @@
 rotated), ``run.json`` (the run's id and its checkpoints: rotation and ``--resume`` touch
 only those), ``metrics.csv``, and the RNG states a checkpoint carries so that
 ``--resume`` is exact. A new run into a folder that holds another one is refused unless
-``--overwrite`` moves the old files aside."""
+``--overwrite`` moves the old files aside.
+
+The folder is untrusted input: ``run.json`` may name only ``step_<digits>.pt`` files of
+the folder itself (a hand-edited entry like ``../x`` or ``/etc/passwd`` used to be
+rotated away), and one process trains in it at a time (``RunLock``, an exclusive
+``flock`` on ``<out>/.lock``)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
+import re
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -35,18 +44,93 @@ def set_rng_state(gen: torch.Generator, s: dict) -> None:
 
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+CHECKPOINT_NAME = re.compile(r"step_\d{1,12}\.pt")  # what run.json may list
+MAX_RUN_FILE = 1 << 20
 
 
 def _run_state(out: Path) -> dict | None:
+    path = out / RUN_FILE
     try:
-        state = json.loads((out / RUN_FILE).read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RUN_FILE + 1)
+        if len(raw) > MAX_RUN_FILE:
+            raise ValueError(f"over {MAX_RUN_FILE} bytes")
+        state = json.loads(raw)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise C.CheckpointError(f"{out / RUN_FILE} is unreadable ({e}); fix or remove it") from None
-    if not (isinstance(state.get("run_id"), str) and isinstance(state.get("checkpoints"), list)):
-        raise C.CheckpointError(f"{out / RUN_FILE} is not a clips4rt run file")
+        raise C.CheckpointError(f"{path} is unreadable ({e}); fix or remove it") from None
+    if not (
+        isinstance(state, dict)
+        and isinstance(state.get("run_id"), str)
+        and isinstance(state.get("checkpoints"), list)
+    ):
+        raise C.CheckpointError(
+            f"{path} is not a clips4rt run file (an object with run_id and checkpoints); "
+            "fix or remove it"
+        )
+    bad = [
+        n for n in state["checkpoints"] if not (isinstance(n, str) and CHECKPOINT_NAME.fullmatch(n))
+    ]
+    if bad:
+        raise C.CheckpointError(
+            f"{path} lists {bad[:3]!r}, not checkpoint names of this folder "
+            "(step_<digits>.pt): the file was edited; fix or remove it (nothing was deleted)"
+        )
     return state
+
+
+def open_out(out: Path) -> Path:
+    """``--out`` expanded (``~``), created, and checked writable before anything loads;
+    ValueError naming the fix otherwise."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: choose a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except (NotADirectoryError, FileExistsError):
+        raise ValueError(f"--out {out}: a part of the path is a file, not a folder") from None
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be written ({e.strerror or e}): choose a folder "
+                         "you can write to") from None  # fmt: skip
+    return out
+
+
+class RunLock:
+    """One training process per folder: an exclusive ``flock`` on ``<out>/.lock``, held
+    while the run lives (the OS drops it when the process ends, however it ends)."""
+
+    def __init__(self, out: Path, enabled: bool = True):
+        self.path, self.enabled, self.fd = Path(out) / LOCK_FILE, enabled, None
+
+    def __enter__(self) -> RunLock:
+        if not self.enabled:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ValueError(
+                f"--out {self.path.parent} is in use by another training run ({holder}): "
+                "wait for it to end, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def _write_run_state(out: Path, state: dict) -> None:
