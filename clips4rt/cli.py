@@ -291,10 +291,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C: outputs cleaned up
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted: nothing partial was left behind", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `clips4rt info m.onnx | head`: the reader left, quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -6,11 +6,13 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 _DONE = object()
+CLOSE_WAIT = 2.0  # seconds close() waits for a worker stuck in its source
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # workers of streams not closed yet
 
 
@@ -39,7 +41,9 @@ def pipelined(
     ``produce`` or by iterating ``items`` is raised here at the position of the item
     that caused it, after the results before it; the stream ends there. Closing the
     generator early (``close()``, ``break``, garbage collection) stops the worker
-    and joins it before returning.
+    and joins it before returning, waiting at most ``CLOSE_WAIT`` seconds: a worker
+    blocked inside a stalled source (a camera that stopped delivering) is left to end
+    at the source's next item (a daemon thread, told to stop; it holds no lock).
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -85,9 +89,10 @@ def pipelined(
             yield consume(value)
     finally:
         stop.set()
-        while worker.is_alive():  # unblock a worker waiting on a full queue
-            try:
+        deadline = time.monotonic() + CLOSE_WAIT
+        while worker.is_alive() and time.monotonic() < deadline:
+            try:  # unblock a worker waiting on a full queue
                 q.get(timeout=0.05)
             except queue.Empty:
                 pass
-        worker.join()
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))

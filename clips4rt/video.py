@@ -6,10 +6,18 @@ base install does not. Frames are decoded, segmented with :meth:`Segmenter.strea
 size and frame rate. The output is written under a temporary name beside ``out``
 and renamed only when the whole video is done, so a partial file never looks
 complete.
+
+The user's files are safe: the output is checked (suffix, not a folder, not the
+input) before anything is decoded; one run writes an output at a time (an exclusive
+lock on its temporary file); label PNGs are created exclusively, so an existing
+``000000.png`` is never overwritten (the run stops instead), and a failed or
+interrupted run removes only the files it created.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -80,9 +88,7 @@ def frames(container) -> Iterator[np.ndarray]:
 
 
 def _encoder(av, path: Path, width: int, height: int, rate: Fraction):
-    codecs = _CODECS.get(path.suffix.lower())
-    if codecs is None:
-        raise VideoError(f"--out {path}: use one of {', '.join(_CODECS)} as the file suffix")
+    codecs = _CODECS[path.suffix.lower()]  # checked by _check_out
     out = av.open(str(path), "w")
     for name in codecs:
         if name not in av.codecs_available:
@@ -116,14 +122,24 @@ def segment_video(
     output) or FileNotFoundError; ``out`` then does not exist.
     """
     av = _av()
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise VideoError(f"--out {out}: folder {out.parent} does not exist")
+    out = _check_out(Path(out).expanduser(), source)
     if labels_dir is not None:
-        labels_dir = Path(labels_dir)
+        labels_dir = Path(labels_dir).expanduser()
+        taken = sorted(labels_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"))[:3]
+        if taken:
+            names = ", ".join(p.name for p in taken)
+            raise VideoError(
+                f"--labels-dir {labels_dir} already holds label PNGs ({names}, ...): choose an "
+                "empty or new folder (existing files are never overwritten)"
+            )
         labels_dir.mkdir(parents=True, exist_ok=True)
-    container = open_source(source)
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    lock = _lock(partial, out)
+    try:
+        container = open_source(source)
+    except BaseException:
+        _unlock(lock, partial)
+        raise
     written: list[Path] = []  # label PNGs of this run, removed if it fails
     counts = np.zeros(len(classes) + 1, np.int64)
     n = 0
@@ -149,8 +165,15 @@ def segment_video(
                 image = np.asarray(r.overlay())
                 _encode(av, encoder, av.VideoFrame.from_ndarray(image, format="rgb24"), out)
                 if labels_dir is not None:
-                    written.append(labels_dir / f"{n:06d}.png")
-                    label_png(r.labels, len(classes)).save(written[-1])
+                    path = labels_dir / f"{n:06d}.png"
+                    try:
+                        f = open(path, "xb")  # never over a file this run did not create
+                    except FileExistsError:
+                        raise VideoError(f"--labels-dir: {path} appeared during the run (another "
+                                         "process writes there); stopped") from None  # fmt: skip
+                    written.append(path)
+                    with f:
+                        label_png(r.labels, len(classes)).save(f, format="PNG")
                 n += 1
                 if bar is not None:
                     bar.update(1)
@@ -178,6 +201,7 @@ def segment_video(
         raise
     finally:
         container.close()
+        _unlock(lock, None)
     seconds = time.perf_counter() - t0
     share = counts / max(1, counts.sum())
     return {
@@ -188,6 +212,42 @@ def segment_video(
         "share": {c: float(share[k + 1]) for k, c in enumerate(classes) if share[k + 1] > 0},
         "background": float(share[0]),
     }
+
+
+def _check_out(out: Path, source) -> Path:
+    """The output path, checked before anything is decoded."""
+    if out.suffix.lower() not in _CODECS:
+        raise VideoError(f"--out {out}: use one of {', '.join(_CODECS)} as the file suffix")
+    if out.is_dir():
+        raise VideoError(f"--out {out} is a folder: give a file name like {out / 'overlay.mp4'}")
+    if not out.parent.is_dir():
+        raise VideoError(f"--out {out}: folder {out.parent} does not exist")
+    src = Path(str(source)).expanduser()
+    if out.exists() and src.exists() and os.path.samefile(out, src):
+        raise VideoError(f"--out {out} is the input video: choose another name (the input "
+                         "would be replaced)")  # fmt: skip
+    return out
+
+
+def _lock(partial: Path, out: Path) -> int:
+    """An exclusive lock on this output's temporary file (created if missing; a stale
+    one left by a killed run is taken over): one writer per output path."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise VideoError(f"another clips4rt video is writing {out}: wait for it, or choose "
+                         "another --out") from None  # fmt: skip
+    return fd
+
+
+def _unlock(fd: int, partial: Path | None) -> None:
+    if partial is not None:  # failed before any frame: the empty temporary goes too
+        partial.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _encode(av, encoder, frame, out: Path) -> None:
