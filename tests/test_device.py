@@ -5,6 +5,7 @@ settings, and int8 bundles (train.export --int8)."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -175,20 +176,57 @@ def test_int8_bad_input(export, tmp_path, calib, capsys):
     (tmp_path / "junk" / "a.jpg").write_bytes(b"not an image")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rc, _ = export("--int8", "--calibration", str(tmp_path / "junk"))
-    assert rc == 1 and "0 readable images of the 1 files" in capsys.readouterr().err
+        rc, out = export("--int8", "--calibration", str(tmp_path / "junk"))
+    assert rc == 1 and "1 image files" in capsys.readouterr().err and not out.exists()
     with pytest.warns(UserWarning, match="fewer than the --calibration-count 50"):
         rc, out = export("--int8", "--calibration", str(calib),
                           "--calibration-count", "50")  # fmt: skip
     assert rc == 0 and clips4rt.Segmenter(out).info.provenance["int8"]["calibration_images"] == 9
     mixed = tmp_path / "mixed"  # sizes and aspect ratios differ: each its own working size
     mixed.mkdir()
-    for i, (h, w) in enumerate(((40, 90), (120, 64), (64, 64), (300, 200))):
-        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(mixed / f"{i}.png")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(((40, 90), (120, 64), (64, 64), (300, 200)) * 2):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(mixed / f"{i}.png")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rc, out = export("--int8", "--calibration", str(mixed))
     assert rc == 0 and clips4rt.Segmenter(out).info.precision == "int8"
+
+
+def test_int8_calibration_is_checked_before_export_and_failures_leave_nothing(
+    export, tmp_path, calib, capsys, monkeypatch
+):
+    """Black frames used to pass the gate (measured on more black frames) and a failed
+    quantization left the float bundle under the int8 bundle's name."""
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(8):
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(black / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc, out = export("--int8", "--calibration", str(black))
+    err = capsys.readouterr().err
+    assert rc == 1 and "near-constant" in err and "0 usable images" in err
+    assert list(tmp_path.iterdir()) == [black]  # no bundle, no staging folder
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(4):
+        (few / f"{i}.jpg").write_bytes((calib / sorted(os.listdir(calib))[i]).read_bytes())
+    import train.models.clip_loader as loader
+
+    monkeypatch.setattr(loader, "load_clip", lambda *a, **k: pytest.fail("exported first"))
+    rc, out = export("--int8", "--calibration", str(few))
+    assert rc == 1 and "at least 8" in capsys.readouterr().err and not out.exists()
+    monkeypatch.undo()
+    import train.export.quantize as Q
+
+    def fails(*a, **k):
+        raise RuntimeError("int8 parity stays under the bound")
+
+    monkeypatch.setattr(Q, "quantize_image_graph", fails)
+    rc, out = export("--int8", "--calibration", str(calib))
+    assert rc == 1 and "stays under the bound" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["black", "few"]
 
 
 def test_sensitive_layers_stay_float_or_the_export_fails(export, tmp_path, calib):

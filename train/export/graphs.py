@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -427,19 +428,40 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _int8(args) -> dict:
-    """Quantize the float bundle just written at ``args.out`` (train.export.quantize)."""
+def _int8(args, out: Path) -> dict:
+    """Quantize the float bundle just written at ``out`` (train.export.quantize)."""
     import clips4rt
     from train.export.quantize import calibration_frames, quantize_image_graph
 
-    seg = clips4rt.Segmenter(args.out, providers=["CPUExecutionProvider"])
+    seg = clips4rt.Segmenter(out, providers=["CPUExecutionProvider"])
     frames = calibration_frames(args.calibration, args.calibration_count, seg)
     del seg
-    return quantize_image_graph(args.out, frames)
+    return quantize_image_graph(out, frames)
+
+
+def _export(args, out: Path, background: tuple[str, ...]):
+    """The float bundle at ``out``: (BundleInfo, parity errors)."""
+    from train.models.clip_loader import load_clip
+
+    common = dict(input_size=args.input_size, fp16=args.fp16, threshold=args.threshold,
+                  background=background, fp16_weights=args.fp16_weights,
+                  logit_scale=args.logit_scale, window_stride=args.window_stride)  # fmt: skip
+    if args.checkpoint:
+        return export_student(args.checkpoint, out, templates=args.templates,
+                              window=args.window or 0, **common)  # fmt: skip
+    model, name, mean, std = load_clip(args.clip, args.pretrained, args.model_config)
+    return export_dense_clip(
+        model, name, args.pretrained, mean, std, args.dense, out,
+        templates=args.templates or "imagenet",
+        window="native" if args.window is None else args.window, **common,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.models.clip_loader import load_clip
+    import shutil
+    import tempfile
+
+    from train.export.quantize import calibration_files
     from train.models.dense_clip import DENSE_MODES
 
     args = _parser().parse_args(argv)
@@ -461,51 +483,29 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --int8 needs --calibration DIR (images like the deployment's)",
               file=sys.stderr)  # fmt: skip
         return 2
+    out = Path(args.out).expanduser()
+    stage = None
     try:
-        if args.checkpoint:
-            info, errs = export_student(
-                args.checkpoint,
-                args.out,
-                input_size=args.input_size,
-                fp16=args.fp16,
-                templates=args.templates,
-                threshold=args.threshold,
-                background=background,
-                fp16_weights=args.fp16_weights,
-                logit_scale=args.logit_scale,
-                window=args.window or 0,
-                window_stride=args.window_stride,
-            )
-            if args.int8:
-                _report(args.out, info, errs)
-                return _int8_report(_int8(args))
-            return _report(args.out, info, errs)
-        model, name, mean, std = load_clip(args.clip, args.pretrained, args.model_config)
-        info, errs = export_dense_clip(
-            model,
-            name,
-            args.pretrained,
-            mean,
-            std,
-            args.dense,
-            args.out,
-            input_size=args.input_size,
-            fp16=args.fp16,
-            templates=args.templates or "imagenet",
-            threshold=args.threshold,
-            background=background,
-            fp16_weights=args.fp16_weights,
-            logit_scale=args.logit_scale,
-            window="native" if args.window is None else args.window,
-            window_stride=args.window_stride,
-        )
-        if args.int8:
-            _report(args.out, info, errs)
-            return _int8_report(_int8(args))
+        if not args.int8:
+            info, errs = _export(args, out, background)
+            return _report(out, info, errs)
+        calibration_files(args.calibration, args.calibration_count)  # before any export
+        # float export and quantization in a hidden folder beside out: a failure leaves
+        # no float bundle under the int8 bundle's name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.stem}.int8-"))
+        info, errs = _export(args, stage / out.name, background)
+        rep = _int8(args, stage / out.name)
+        os.replace(stage / info.text_model, out.with_name(info.text_model))
+        os.replace(stage / out.name, out)
+        _report(out, info, errs)
+        return _int8_report(rep)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return _report(args.out, info, errs)
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _int8_report(rep: dict) -> int:

@@ -4,7 +4,11 @@
 the float bundle, then rewrites its image graph as QDQ int8 (per-channel int8 weights,
 uint8 activations with MinMax ranges) over its MatMul/Conv/Gemm layers; the text graph
 stays float. Calibration images go through the runtime's own preprocessing (load,
-resize to the bundle's working size); a quarter of them (at least one) is held out.
+resize to the bundle's working size); every fourth is held out. At least ``MIN_IMAGES``
+usable images are needed, and near-constant ones (pixel standard deviation under
+``MIN_STD``: black frames) are skipped: ranges calibrated on them pass a gate measured
+on more of the same, then fail on real frames. The gate also measures the bundled demo
+scene, an image from outside the calibration set.
 
 Dense (pixel-level) embeddings suffer from int8 more than image-level ones, so the
 parity check measures them: the cosine between float and int8 pixel embeddings on the
@@ -29,6 +33,29 @@ import onnx
 
 MIN_MEAN, MIN_P1 = 0.98, 0.90  # cosine(float, int8) of pixel embeddings, held-out images
 QUANT_OPS = ("MatMul", "Conv", "Gemm")
+MIN_IMAGES = 8  # usable calibration images: 6 calibrate, 2 held out at the least
+MIN_STD = 4.0  # pixel standard deviation (0-255) under which an image is near-constant
+
+
+def calibration_files(folder, count: int) -> list[Path]:
+    """The image files a calibration would read (checked before any export): the folder
+    must exist and hold at least ``MIN_IMAGES``; ``count`` at least ``MIN_IMAGES``."""
+    from clips4rt.images import IMAGE_SUFFIXES
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--calibration {root}: no such folder")
+    if count < MIN_IMAGES:
+        raise ValueError(f"--calibration-count must be >= {MIN_IMAGES} (calibration + "
+                         f"held-out), got {count}")  # fmt: skip
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and p.is_file())  # fmt: skip
+    if len(files) < MIN_IMAGES:
+        raise ValueError(
+            f"--calibration {root}: {len(files)} image files; give a folder of at least "
+            f"{MIN_IMAGES} (ideally 32-256) images like the deployment's"
+        )
+    return files
 
 
 def calibration_frames(folder, count: int, seg) -> list[np.ndarray]:
@@ -37,16 +64,12 @@ def calibration_frames(folder, count: int, seg) -> list[np.ndarray]:
     skipped with a warning; fewer readable images than ``count`` warn and use those;
     none is an error. Mixed sizes are fine: each frame gets its own working size."""
     from clips4rt.errors import ImageError
-    from clips4rt.images import IMAGE_SUFFIXES, load_image
+    from clips4rt.images import load_image
     from clips4rt.kernels import resize_rgb
 
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--calibration {root}: no such folder")
-    if count < 2:
-        raise ValueError(f"--calibration-count must be >= 2 (calibration + held-out), got {count}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    frames = []
+    root = Path(folder).expanduser()
+    files = calibration_files(root, count)
+    frames, flat = [], []
     for f in files:
         if len(frames) == count:
             break
@@ -56,11 +79,18 @@ def calibration_frames(folder, count: int, seg) -> list[np.ndarray]:
         except (ImageError, ValueError, OSError) as e:
             warnings.warn(f"calibration: skipping {f} ({e})", stacklevel=2)
             continue
+        if float(image.std()) < MIN_STD:
+            flat.append(f.name)
+            continue
         frames.append(resize_rgb(image, (hh, ww))[None])
-    if len(frames) < 2:
+    if flat:
+        warnings.warn(f"calibration: skipping {len(flat)} near-constant images (pixel std < "
+                      f"{MIN_STD}: {', '.join(flat[:5])})", stacklevel=2)  # fmt: skip
+    if len(frames) < MIN_IMAGES:
         raise ValueError(
-            f"--calibration {root}: {len(frames)} readable images of the {len(files)} files "
-            "there; give a folder of at least 2 (ideally 32-256) images like the deployment's"
+            f"--calibration {root}: {len(frames)} usable images of the {len(files)} files "
+            f"there ({len(flat)} near-constant); give a folder of at least {MIN_IMAGES} "
+            "(ideally 32-256) varied images like the deployment's"
         )
     if len(frames) < count:
         warnings.warn(
@@ -69,6 +99,18 @@ def calibration_frames(folder, count: int, seg) -> list[np.ndarray]:
             stacklevel=2,
         )
     return frames
+
+
+def _outside_probe(like: np.ndarray) -> list[np.ndarray]:
+    """The bundled demo scene at ``like``'s working size: a frame from outside any
+    calibration folder, so that the gate never measures only what it calibrated on."""
+    from importlib import resources
+
+    from clips4rt.images import load_image
+    from clips4rt.kernels import resize_rgb
+
+    scene = load_image(str(resources.files("clips4rt") / "data" / "demo_scene.png"))
+    return [resize_rgb(scene, like.shape[1:3])[None]]
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -153,8 +195,10 @@ def quantize_image_graph(path, frames, min_mean=MIN_MEAN, min_p1=MIN_P1) -> dict
     "int8"); returns the report (held-out parity, layers kept float). Raises
     RuntimeError when no tried set of float layers meets the bound."""
     path = Path(path)
-    held = max(1, len(frames) // 4)
-    calib, heldout = frames[:-held], frames[-held:]
+    if len(frames) < MIN_IMAGES:
+        raise ValueError(f"{len(frames)} calibration frames; at least {MIN_IMAGES} are needed")
+    calib = [f for i, f in enumerate(frames) if i % 4 != 3]
+    heldout = [f for i, f in enumerate(frames) if i % 4 == 3] + _outside_probe(frames[0])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache, out = tmp / "ranges.cache", tmp / "int8.onnx"
