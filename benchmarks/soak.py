@@ -13,6 +13,12 @@
    with an uninterrupted run: the final weights must be identical (CPU). Then the
    newest checkpoint is truncated and ``--resume`` must fall back to the one before
    with a warning.
+4. hostile inputs (``--hostile N`` rounds; ``--only hostile`` runs it alone): a shard
+   whose header size is negative base-256, brace patterns of 10^8 and 10^9 names, a
+   prompt-cache file whose header claims 400 GB and a FIFO at a cache file's name, a
+   video whose --labels-dir holds the user's PNGs, one whose output is its input, and
+   one interrupted mid-way; every case must end (each round timed), RSS stay flat
+   (last round vs the first after warm-up) and the folders hold only the user's files.
 """
 
 from __future__ import annotations
@@ -180,6 +186,112 @@ def soak_train(seed: int) -> None:
         )
 
 
+def soak_hostile(rounds: int) -> None:
+    import io
+    import tarfile
+    import warnings
+
+    from clips4rt import video
+    from train.method import data as D
+
+    warnings.simplefilter("ignore")
+    png = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(png, "PNG")
+    png = png.getvalue()
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        shard = d / "shards" / "bad.tar"
+        shard.parent.mkdir()
+        with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
+            for i in range(3):
+                info = tarfile.TarInfo(f"{i}.png")
+                info.size = len(png)
+                t.addfile(info, io.BytesIO(png))
+        raw = bytearray(shard.read_bytes())
+        off = [m.offset for m in tarfile.open(shard)][1]
+        raw[off + 124 : off + 136] = bytes([0xFF]) + (256**11 - off - 1024).to_bytes(11, "big")
+        raw[off + 148 : off + 156] = b" " * 8
+        raw[off + 148 : off + 156] = b"%06o\0 " % sum(raw[off : off + 512])
+        shard.write_bytes(bytes(raw))
+        seg = clips4rt.Segmenter(MODEL, cache_dir=d / "cache")
+        img = frames(1, (96, 64))[0]
+        ref = seg.run(img, ["sky", "sand"]).labels
+        cache = seg.text._disk
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000,), }"
+        npy = b"\x93NUMPY\x01\x00" + (header + " " * (117 - len(header)) + "\n").encode()
+        av = video._av()
+        clip = d / "clip.avi"
+        with av.open(str(clip), "w") as out:
+            st = out.add_stream("mpeg4", rate=12)
+            st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+            for f in frames(6, (64, 48)):
+                for pk in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    out.mux(pk)
+            for pk in st.encode():
+                out.mux(pk)
+        labels = d / "labels"
+        labels.mkdir()
+        for i in range(3):
+            (labels / f"{i:06d}.png").write_bytes(b"user %d" % i)
+        user = {p.name: p.read_bytes() for p in labels.iterdir()}
+        real_frames = video.frames
+
+        def interrupted(container):
+            for i, f in enumerate(real_frames(container)):
+                if i == 3:
+                    raise KeyboardInterrupt
+                yield f
+
+        rss, times, failures = [], [], []
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            if len(D.catalog(str(shard.parent))) != 1:
+                failures.append(f"round {r}: negative-size shard")
+            for pattern in ("s-{00000000..99999999}.tar", "{0..999}{0..999}{0..999}"):
+                try:
+                    D.catalog(str(d / pattern))
+                    failures.append(f"round {r}: {pattern} accepted")
+                except ValueError:
+                    pass
+            cache._path("sky", tuple(seg.info.prompt_templates)).write_bytes(npy)
+            fifo = cache._path("sand", tuple(seg.info.prompt_templates))
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo)
+            fresh = clips4rt.Segmenter(MODEL, cache_dir=d / "cache")
+            if not np.array_equal(fresh.run(img, ["sky", "sand"]).labels, ref):
+                failures.append(f"round {r}: cache")
+            fifo.unlink()
+            for out, lab in ((d / "o.mp4", labels), (clip, None)):
+                try:
+                    video.segment_video(seg, clip, ["sky", "sand"], out, labels_dir=lab,
+                                        progress=False)  # fmt: skip
+                    failures.append(f"round {r}: video to {out.name} accepted")
+                except clips4rt.VideoError:
+                    pass
+            video.frames = interrupted
+            try:
+                video.segment_video(seg, clip, ["sky", "sand"], d / "o.mp4",
+                                    labels_dir=d / "mine", progress=False)  # fmt: skip
+            except KeyboardInterrupt:
+                pass
+            finally:
+                video.frames = real_frames
+            times.append(time.perf_counter() - t0)
+            rss.append(rss_mb())
+        stray = sorted(p.name for p in d.iterdir()) != ["cache", "clip.avi", "labels", "mine",
+                                                          "shards"]  # fmt: skip
+        stray = stray or list((d / "mine").iterdir()) or list(d.glob(".*"))
+        kept = {p.name: p.read_bytes() for p in labels.iterdir()} == user
+        warm = rss[min(5, len(rss) - 1) :] or rss
+        print(
+            f"hostile inputs: {rounds} rounds, {len(failures)} failures {failures[:3]}; "
+            f"slowest round {max(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s; "
+            f"RSS (MB) after round 5 {warm[0]:.0f}, last {warm[-1]:.0f} "
+            f"({100 * (warm[-1] / warm[0] - 1):+.1f} %); stray files: {'YES' if stray else 'none'}"
+            f"; the user's label PNGs {'intact' if kept else 'CHANGED'}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--frames", type=int, default=10000)
@@ -187,7 +299,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--hostile", type=int, default=50, help="rounds of the hostile-input run")
+    ap.add_argument("--only", choices=("hostile",), help="run one part alone")
     args = ap.parse_args()
+    if args.only == "hostile":
+        soak_hostile(args.hostile)
+        return
     w, h = (int(x) for x in args.size.split("x"))
     seg = clips4rt.Segmenter(MODEL, threads=args.threads)
     imgs = frames(50, (w, h))
@@ -196,6 +313,7 @@ def main() -> None:
     soak_memory(seg, imgs, args.frames)
     if not args.skip_train:
         soak_train(args.seed)
+    soak_hostile(args.hostile)
 
 
 if __name__ == "__main__":

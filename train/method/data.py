@@ -323,7 +323,7 @@ class StreamSource:
         for name, why in bad:  # each worker reports a file once; workers may repeat it
             if name not in self.bad:
                 self.bad[name] = why
-                warnings.warn(f"skipping an unreadable image: {why}", stacklevel=2)
+                warnings.warn(f"skipping an unreadable image {name}: {why}", stacklevel=2)
         if error is not None:
             raise ValueError(f"--data: {error} (e.g. {next(iter(self.bad.values()), '?')})")
         return images
