@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clips4rt.errors import BundleError
 from clips4rt.prompts import IMAGENET_TEMPLATES, MAX_NAME_CHARS
+from clips4rt.tokenizer import tokenize
 
 FORMAT_VERSION = 1
 PREFIX = "clips4rt."
@@ -231,3 +234,60 @@ def run_graph(sess, name: str, x, path) -> Any:
             f"{str(e)[:300]}); the bundle's graphs and metadata disagree or memory ran "
             "out. Re-export the bundle, or pass a smaller size."
         ) from e
+
+
+def check_graphs(image, text, info: BundleInfo, path, probe: bool = True) -> None:
+    """The two graphs' inputs, outputs and fixed dimensions against the contract and the
+    metadata; with ``probe``, one 4x4-token image and one prompt run through them (ms)
+    to check the stride and widths. BundleError naming the fix otherwise."""
+    for sess, name, inp, out in (
+        (image, "image graph", IMAGE_INPUT, IMAGE_OUTPUT),
+        (text, "text graph", TEXT_INPUT, TEXT_OUTPUT),
+    ):
+        ins = [i.name for i in sess.get_inputs()]
+        outs = [o.name for o in sess.get_outputs()]
+        if ins != [inp] or outs[:1] != [out]:
+            raise BundleError(
+                f"{name} has inputs {ins} / outputs {outs}; the bundle contract wants "
+                f"{[inp]} / {[out]}. Re-export the bundle."
+            )
+    # fixed dimensions the graphs declare must agree with the metadata
+    checks = (
+        ("image graph output", image.get_outputs()[0].shape, 1, info.embed_dim,
+         "embed_dim"),
+        ("text graph output", text.get_outputs()[0].shape, 1, info.embed_dim,
+         "embed_dim"),
+        ("text graph input", text.get_inputs()[0].shape, 1, info.context_length,
+         "context_length"),
+    )  # fmt: skip
+    for what, shape, axis, want, key in checks:
+        dim = shape[axis] if len(shape) > axis else None
+        if isinstance(dim, int) and dim != want:
+            raise BundleError(
+                f"{path}: the {what} has {dim} along axis {axis} but the metadata "
+                f"says {key} = {want}; re-export the bundle"
+            )
+    if image.get_inputs()[0].type != "tensor(uint8)":
+        raise BundleError(
+            f"{path}: the image graph takes {image.get_inputs()[0].type}, the "
+            "bundle contract uint8 RGB; re-export the bundle"
+        )
+    if not probe:
+        return
+    # one 4x4-token image through the graph (ms): the grid must follow the stride
+    s = info.stride
+    grid = run_graph(image, IMAGE_INPUT, np.zeros((1, 4 * s, 4 * s, 3), np.uint8),
+                      path)  # fmt: skip
+    if grid.shape != (1, info.embed_dim, 4, 4):
+        raise BundleError(
+            f"{path}: a {4 * s}x{4 * s} image gives embeddings {list(grid.shape)}, but "
+            f"the metadata says stride {s}, embed_dim {info.embed_dim} (expected "
+            f"[1, {info.embed_dim}, 4, 4]); re-export the bundle"
+        )
+    # one text prompt through the graph (ms): its width must be embed_dim
+    probe = run_graph(text, TEXT_INPUT, tokenize(["a"], info.context_length), path)
+    if probe.ndim != 2 or probe.shape[1] != info.embed_dim:
+        raise BundleError(
+            f"{path}: the text graph gives {list(probe.shape)} embeddings but the "
+            f"metadata says embed_dim = {info.embed_dim}; re-export the bundle"
+        )

@@ -20,7 +20,6 @@ from clips4rt.prompts import check_classes
 from clips4rt.result import SegmentationResult
 from clips4rt.stream import pipelined
 from clips4rt.text import TextEncoder
-from clips4rt.tokenizer import tokenize
 from clips4rt.vocab import Vocabulary, vocabulary
 from clips4rt.window import MAX_BATCH as WINDOW_BATCH
 from clips4rt.window import check_window, embed_windows
@@ -251,59 +250,9 @@ class Segmenter:
             ) from e
 
     def _check_io(self) -> None:
-        for sess, name, inp, out in (
-            (self._image, "image graph", B.IMAGE_INPUT, B.IMAGE_OUTPUT),
-            (self._text, "text graph", B.TEXT_INPUT, B.TEXT_OUTPUT),
-        ):
-            ins = [i.name for i in sess.get_inputs()]
-            outs = [o.name for o in sess.get_outputs()]
-            if ins != [inp] or outs[:1] != [out]:
-                raise BundleError(
-                    f"{name} has inputs {ins} / outputs {outs}; the bundle contract wants "
-                    f"{[inp]} / {[out]}. Re-export the bundle."
-                )
-        # fixed dimensions the graphs declare must agree with the metadata
-        checks = (
-            ("image graph output", self._image.get_outputs()[0].shape, 1, self.info.embed_dim,
-             "embed_dim"),
-            ("text graph output", self._text.get_outputs()[0].shape, 1, self.info.embed_dim,
-             "embed_dim"),
-            ("text graph input", self._text.get_inputs()[0].shape, 1, self.info.context_length,
-             "context_length"),
-        )  # fmt: skip
-        for what, shape, axis, want, field in checks:
-            dim = shape[axis] if len(shape) > axis else None
-            if isinstance(dim, int) and dim != want:
-                raise BundleError(
-                    f"{self.path}: the {what} has {dim} along axis {axis} but the metadata "
-                    f"says {field} = {want}; re-export the bundle"
-                )
-        if self._image.get_inputs()[0].type != "tensor(uint8)":
-            raise BundleError(
-                f"{self.path}: the image graph takes {self._image.get_inputs()[0].type}, the "
-                "bundle contract uint8 RGB; re-export the bundle"
-            )
-        if "TensorrtExecutionProvider" in self.providers:
-            return  # a probe at a new shape would make TensorRT build an engine (minutes)
-        # one 4x4-token image through the graph (ms): the grid must follow the stride
-        s = self.info.stride
-        grid = B.run_graph(self._image, B.IMAGE_INPUT, np.zeros((1, 4 * s, 4 * s, 3), np.uint8),
-                          self.path)  # fmt: skip
-        if grid.shape != (1, self.info.embed_dim, 4, 4):
-            raise BundleError(
-                f"{self.path}: a {4 * s}x{4 * s} image gives embeddings {list(grid.shape)}, but "
-                f"the metadata says stride {s}, embed_dim {self.info.embed_dim} (expected "
-                f"[1, {self.info.embed_dim}, 4, 4]); re-export the bundle"
-            )
-        # one text prompt through the graph (ms): its width must be embed_dim
-        probe = B.run_graph(
-            self._text, B.TEXT_INPUT, tokenize(["a"], self.info.context_length), self.path
-        )
-        if probe.ndim != 2 or probe.shape[1] != self.info.embed_dim:
-            raise BundleError(
-                f"{self.path}: the text graph gives {list(probe.shape)} embeddings but the "
-                f"metadata says embed_dim = {self.info.embed_dim}; re-export the bundle"
-            )
+        # a probe at a new shape would make TensorRT build an engine (minutes)
+        probe = "TensorrtExecutionProvider" not in self.providers
+        B.check_graphs(self._image, self._text, self.info, self.path, probe=probe)
 
     # ------------------------------------------------------------------ text side
     def text_embeddings(self, classes: Sequence[str], templates=None) -> np.ndarray:

@@ -23,9 +23,9 @@ from train.method import loop  # noqa: E402
 from train.method import run as R  # noqa: E402
 from train.method.config import load_config  # noqa: E402
 
-TINY = ["--toy_pool=12", "--batch=3", "--image_size=64", "--teacher_size=96", "--segments=4",
-        "--log_every=1", "--ckpt_every=1", "--unknown_prototypes=2", "--unknown_refresh=1",
-        "--warmup=1"]  # fmt: skip
+from tests.test_train_loop import TINY as LOOP_TINY  # noqa: E402
+
+TINY = [*LOOP_TINY, "--ckpt_every=1", "--warmup=1"]  # later flags win
 
 
 def _cfg(out, *extra):
