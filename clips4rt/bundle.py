@@ -66,6 +66,11 @@ class BundleInfo:
     # fields read as 0 (whole image), and older runtimes ignore them.
     window: int = 0
     window_stride: int = 0
+    # the negative vocabulary (clips4rt.negatives): names a query is contrasted with, whose
+    # pixels become -1; empty = the known classes (a CLIP-S4 student's). A negative whose
+    # prompt embedding is this close (cosine) to a query name is dropped for that query.
+    negative_classes: tuple[str, ...] = ()
+    negative_max_cosine: float = 0.9
     format_version: int = FORMAT_VERSION
 
     def to_metadata(self) -> dict[str, str]:
@@ -108,7 +113,8 @@ class BundleInfo:
                     f"{source}: metadata field {k!r} = {_short(v)} {problem}; the bundle is "
                     "damaged or was edited by hand: re-export it with `python -m train.export`"
                 )
-        for k in ("mean", "std", "prompt_templates", "background_classes", "known_classes"):
+        for k in ("mean", "std", "prompt_templates", "background_classes", "known_classes",
+                  "negative_classes"):  # fmt: skip
             if k in kw:
                 kw[k] = tuple(kw[k])
         info = cls(**kw)
@@ -142,6 +148,7 @@ LIMITS = {
     "context_length": (1, 4096),
     "logit_scale": (1e-3, 1e4),
     "background_threshold": (0.0, 1.0),
+    "negative_max_cosine": (0.0, 1.0),
     "mean": (-10.0, 10.0),
     "std": (1e-6, 100.0),
 }
@@ -178,7 +185,9 @@ def check_field(k: str, v) -> str | None:
              "window_stride"):  # fmt: skip
         if not _number(v, True):
             return "is not an integer"
-    if k in ("logit_scale", "background_threshold") and not _number(v, False):
+    if k in ("logit_scale", "background_threshold", "negative_max_cosine") and not _number(
+        v, False
+    ):
         return "is not a finite number"
     if k in LIMITS and k not in ("mean", "std"):
         lo, hi = LIMITS[k]
@@ -201,7 +210,7 @@ def check_field(k: str, v) -> str | None:
         isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
     ):
         return "is not a sha256 hex digest"
-    if k in ("background_classes", "known_classes"):
+    if k in ("background_classes", "known_classes", "negative_classes"):
         return _names(v)
     if k == "prompt_templates":
         return _names(v, template=True) or (None if v else "is empty")

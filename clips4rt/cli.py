@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from clips4rt.errors import BundleError, ImageError, VideoError
 from clips4rt.images import IMAGE_SUFFIXES
 
@@ -34,6 +36,30 @@ def _save(img, path: Path) -> None:
 
 def _split(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _threshold(text: str):
+    """--threshold 0.5, or per class: --threshold car=0.6,person=0.4."""
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = [part.rsplit("=", 1) for part in _split(text)]
+        return {k.strip(): float(v) for k, v in pairs}
+    except ValueError:
+        raise ValueError(f"--threshold {text!r}: give a probability (0.5) or class=probability "
+                         "pairs (car=0.6,person=0.4)") from None  # fmt: skip
+
+
+def _summary(labels, names) -> str:
+    """Each asked class's share of the pixels; classes that are absent say so."""
+    counts = np.bincount(labels.ravel() + 1, minlength=len(names) + 1)
+    found = [f"{c} {100 * counts[k + 1] / labels.size:.1f}%" for k, c in enumerate(names)
+             if counts[k + 1]]  # fmt: skip
+    missing = [c for k, c in enumerate(names) if not counts[k + 1]]
+    parts = found + ([f"not found: {', '.join(missing)}"] if missing else [])
+    if counts[0]:
+        parts.append(f"background {100 * counts[0] / labels.size:.1f}%")
+    return "; ".join(parts)
 
 
 def _expand(items: list[str]) -> list[tuple[Path, Path]]:
@@ -65,7 +91,9 @@ def _expand(items: list[str]) -> list[tuple[Path, Path]]:
 def _options(args) -> dict:
     options = {}
     if args.threshold is not None:
-        options["threshold"] = args.threshold
+        options["threshold"] = _threshold(args.threshold)
+    if args.no_negatives:
+        options["negatives"] = False
     if args.background is not None:
         options["background"] = _split(args.background)
     if args.size is not None:
@@ -131,13 +159,7 @@ def _segment(args) -> int:
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         _save(label_png(r.labels, len(names)), out / f"{stem}_labels.png")
         _save(r.overlay(), out / f"{stem}_overlay.png")
-        total = r.labels.size
-        found = ", ".join(
-            f"{c} {100 * (r.labels == k).sum() / total:.1f}%"
-            for k, c in enumerate(names)
-            if (r.labels == k).any()
-        )
-        print(f"{image}: {found or 'background only'} -> {out / f'{stem}_overlay.png'}")
+        print(f"{image}: {_summary(r.labels, names)} -> {out / f'{stem}_overlay.png'}")
     return 1 if failed else 0
 
 
@@ -166,6 +188,9 @@ def _video(args) -> int:
     )
     for c, share in sorted(summary["share"].items(), key=lambda kv: -kv[1]):
         print(f"  {c:16s} {100 * share:5.1f}% of pixels")
+    missing = [c for c in classes if c not in summary["share"]]
+    if missing:
+        print(f"  not found in any frame: {', '.join(missing)}")
     if summary["background"]:
         print(f"  {'(background)':16s} {100 * summary['background']:5.1f}% of pixels")
     return 0
@@ -235,6 +260,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes-file", help="class file: one class a line, its names (synonyms) "
                    "separated by '|', e.g. person|man|woman (instead of --classes)")  # fmt: skip
     p.add_argument("--size", type=int, help="short side the graph runs at (default: bundle's)")
+    p.add_argument("--no-negatives", action="store_true", help="do not contrast the classes "
+                   "with the bundle's negatives (every pixel then gets a class)")  # fmt: skip
     p.add_argument("--window", type=int, help="sliding-window inference: crops of this many "
                    "pixels of the working size, overlaps averaged (0 = whole image; default: "
                    "bundle's)")  # fmt: skip
@@ -259,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
     s.add_argument("--classes", help='comma-separated names, "cat,dog"')
     s.add_argument("--out", default="clips4rt_out", help="output folder")
-    s.add_argument("--threshold", type=float, help="background probability threshold")
+    s.add_argument("--threshold", help="background probability threshold, or per class: "
+                   "car=0.6,person=0.4")  # fmt: skip
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
     _common(s)
@@ -271,7 +299,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="overlay video (.mp4, .mkv, .mov, .avi, .webm)")
     v.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
     v.add_argument("--labels-dir", help="also write one label PNG per frame here")
-    v.add_argument("--threshold", type=float, help="background probability threshold")
+    v.add_argument("--threshold", help="background probability threshold, or per class: "
+                   "car=0.6,person=0.4")  # fmt: skip
     v.add_argument("--background", help="comma-separated background class names")
     v.add_argument("--threads", type=int, help="CPU threads")
     v.add_argument("--max-frames", type=int, help="stop after this many frames (cameras)")

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 
+from clips4rt import background as BG
 from clips4rt import bundle as B
 from clips4rt import device as DV
 from clips4rt.errors import BundleError, ImageError
@@ -73,7 +74,8 @@ class Query(NamedTuple):
     prototypes (names, then background names), and the image-side settings."""
 
     vocab: Vocabulary
-    threshold: float
+    threshold: float  # the kernel's (0 when per-class thresholds apply)
+    class_thresholds: np.ndarray | None  # (K,) per class of vocab.classes, or None
     protos: np.ndarray
     size: int | None
     window: tuple[int, int] | None  # (window, stride) pixels, None = whole image
@@ -349,6 +351,8 @@ class Segmenter:
             emb = self._embed_windows(frame, q.window)
             labels, scores, probs = self._matcher.run_embeddings(emb[None], *args)
         labels = q.vocab.map_labels(labels[0])
+        if q.class_thresholds is not None:
+            BG.apply_class_thresholds(labels, probs[0], q.class_thresholds)
         return SegmentationResult(labels, probs[0], scores[0], list(q.vocab.classes), image)
 
     def _embed_one(self, image, size, win=None) -> tuple[np.ndarray, np.ndarray]:
@@ -444,6 +448,7 @@ class Segmenter:
         window="default",
         window_stride=None,
         logit_scale=None,
+        negatives=True,
     ) -> Query:
         """Every option of a call, checked before any image is read."""
         if size is not None:
@@ -461,8 +466,8 @@ class Segmenter:
                 f"logit_scale must be a finite number in (0, 10000], got {logit_scale!r} "
                 f"(None = the bundle's {self.info.logit_scale:g})"
             )
-        return Query(*self._prompts(classes, threshold, background, templates), size, win,
-                     float(logit_scale))  # fmt: skip
+        return Query(*self._prompts(classes, threshold, background, templates, negatives), size,
+                     win, float(logit_scale))  # fmt: skip
 
     def window_setting(self, window="default", window_stride=None) -> tuple[int, int] | None:
         """The (window, stride) in pixels a call with these options uses (None = whole
@@ -473,36 +478,47 @@ class Segmenter:
                 window_stride = self.info.window_stride or None
         return check_window(window, window_stride, self.info.stride)
 
-    def _prompts(self, classes, threshold=None, background=None, templates=None):
-        """Checked (classes, threshold, prototypes incl. background names). The last
-        answer is kept: a video asks the same question every frame."""
+    def _prompts(self, classes, threshold=None, background=None, templates=None, negatives=True):
+        """Checked (vocabulary, threshold, per-class thresholds, prototypes incl. background
+        names and negatives). The last answer is kept: a video asks the same question
+        every frame."""
         key = (
             _memo_key(classes),
             threshold if isinstance(threshold, (int, float)) else None,
             _memo_key(background),
             _memo_key(templates),
+            negatives if isinstance(negatives, bool) else _memo_key(negatives),
         )
         if threshold is not None and key[1] is None or Ellipsis in key:
             key = None  # not a plain call: no memo (and nothing consumed)
         last = self._last_prompts
         if key is not None and last is not None and last[0] == key:
             return last[1]
-        answer = self._check_prompts(classes, threshold, background, templates)
+        answer = self._check_prompts(classes, threshold, background, templates, negatives)
         if key is not None:
             self._last_prompts = (key, answer)
         return answer
 
-    def _check_prompts(self, classes, threshold, background, templates):
+    def _check_prompts(self, classes, threshold, background, templates, negatives):
         vocab = vocabulary(classes)
-        threshold = self.info.background_threshold if threshold is None else float(threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+        threshold, per_class = BG.class_thresholds(threshold, vocab.classes,
+                                                   self.info.background_threshold)  # fmt: skip
         if background is None:
             bg = list(self.info.background_classes)
         else:  # an empty list switches the bundle's background classes off
             bg = check_classes(background) if len(background) else []
         bg = [b for b in bg if b not in vocab.names]
-        return vocab, threshold, self.text_embeddings(vocab.names + bg, templates)
+        cand = BG.candidates(self.info, negatives)
+        if negatives is not True and cand and set(vocab.names) <= set(cand):
+            raise ValueError(
+                f"negatives {cand!r} name every class of the query: nothing could be found; "
+                "give negatives that are not what you ask for"
+            )
+        bg += BG.negatives(vocab.names, [c for c in cand if c not in bg],
+                           lambda n: self.text_embeddings(n, templates),
+                           self.info.negative_max_cosine)  # fmt: skip
+        protos = self.text_embeddings(vocab.names + bg, templates)
+        return vocab, threshold, per_class, protos
 
     def _resize(self, a: np.ndarray, h: int, w: int) -> np.ndarray:
         return resize_rgb(a, (h, w), threads=self.post_threads)
@@ -520,10 +536,13 @@ class Segmenter:
             return vocab.map_labels(labels), sims, probs
 
         def finish():
-            return match(threshold=q.threshold)
+            labels, sims, probs = match(threshold=q.threshold)
+            if q.class_thresholds is not None:
+                BG.apply_class_thresholds(labels, probs, q.class_thresholds)
+            return labels, sims, probs
 
         classes = list(vocab.classes)
-        if q.threshold > 0:
+        if q.threshold > 0 or q.class_thresholds is not None:
             labels, sims, probs = finish()
             return SegmentationResult(labels, probs, sims, classes, image)
         labels, _, _ = match(labels_only=True)

@@ -60,7 +60,13 @@ def test_more_than_255_classes_give_16_bit_label_pngs(tmp_path):
     r = _cli("segment", str(img), "--classes", names, "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     lab = Image.open(tmp_path / "o" / "p_labels.png")
-    assert lab.mode.startswith("I") and np.asarray(lab).max() < 300
+    values = np.unique(np.asarray(lab))
+    assert lab.mode.startswith("I") and ((values < 300) | (values == 65535)).all()
+    assert 65535 in values  # pixels the negative vocabulary won: the 16-bit background value
+    r = _cli("segment", str(img), "--classes", names, "--out", str(tmp_path / "n"),
+             "--no-negatives")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "n" / "p_labels.png")).max() < 300
 
 
 def test_info_into_a_closed_pipe_is_quiet():

@@ -17,13 +17,12 @@ from clips4rt import device as DV
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
+from tests.test_train_loop import TINY as LOOP_TINY  # noqa: E402
 from train import checkpoint as C  # noqa: E402
 from train.__main__ import main  # noqa: E402
 from train.method import loop  # noqa: E402
 from train.method import run as R  # noqa: E402
 from train.method.config import load_config  # noqa: E402
-
-from tests.test_train_loop import TINY as LOOP_TINY  # noqa: E402
 
 TINY = [*LOOP_TINY, "--ckpt_every=1", "--warmup=1"]  # later flags win
 

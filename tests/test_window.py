@@ -93,7 +93,7 @@ def test_run_with_windows_equals_the_windowed_embeddings(toy, rng):
     img = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
     s = toy.info.stride
     win = 4 * s
-    r = toy.run(img, CLASSES, window=win, threshold=0.3)
+    r = toy.run(img, CLASSES, window=win, threshold=0.3, negatives=False)
     hh, ww = toy.working_size(120, 200)
     from clips4rt.kernels import resize_rgb
 
@@ -104,10 +104,11 @@ def test_run_with_windows_equals_the_windowed_embeddings(toy, rng):
     np.testing.assert_array_equal(r.labels, labels)
     np.testing.assert_allclose(r.scores, probs, atol=1e-6)
     np.testing.assert_allclose(toy.embed_image(img, window=win), emb, atol=1e-6)
-    whole = toy.run(img, CLASSES, threshold=0.3)
+    whole = toy.run(img, CLASSES, threshold=0.3, negatives=False)
     assert (whole.labels != r.labels).mean() > 0.01  # windows change the answer
     # a window covering the working size is one crop: the whole-image result
-    big = toy.run(img, CLASSES, window=(max(hh, ww) // s + 1) * s, threshold=0.3)
+    big = toy.run(img, CLASSES, window=(max(hh, ww) // s + 1) * s, threshold=0.3,
+                  negatives=False)  # fmt: skip
     np.testing.assert_array_equal(big.labels, whole.labels)
 
 

@@ -45,6 +45,7 @@ def eval_language(seg, data, classes, size=None, templates=None, batch=16, windo
             background=[],
             templates=templates,
             size=size,
+            negatives=False,  # the protocol: all names, no background rule
             **(window or {}),
         )
         for (_, mask), r in zip(items, results):

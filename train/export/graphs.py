@@ -227,9 +227,10 @@ def export_bundle(
 
 
 def _clip_info(model, mean, std, templates, threshold, background, logit_scale=None,
-               **fields) -> dict:  # fmt: skip
+               negatives=(), **fields) -> dict:  # fmt: skip
     """BundleInfo fields shared by every export of an open_clip CLIP's towers
-    (``logit_scale`` None = the model's own, exp(logit_scale))."""
+    (``logit_scale`` None = the model's own, exp(logit_scale); ``negatives``: the
+    negative vocabulary, clips4rt.background)."""
     if logit_scale is None:
         logit_scale = float(model.logit_scale.detach().exp())
     return dict(
@@ -241,6 +242,7 @@ def _clip_info(model, mean, std, templates, threshold, background, logit_scale=N
         prompt_templates=tuple(TEMPLATE_SETS[templates]),
         background_threshold=float(threshold),
         background_classes=tuple(background),
+        negative_classes=tuple(negatives),
         **fields,
     )
 
@@ -263,6 +265,7 @@ def export_dense_clip(
     logit_scale=None,
     window="native",
     window_stride=0,
+    negatives=None,
 ):
     """Export an open_clip CLIP as a training-free dense bundle (kind = ``mode``).
 
@@ -270,7 +273,9 @@ def export_dense_clip(
     whole image, stride 0 = half the window); "native" = windows of the model's native
     image size at half-window stride, the official protocol and what measures best on
     the toy teacher (BENCHMARKS.md). ``input_size`` None = 1.5x native with windows
-    (SCLIP's 336 for 224), 2x native without."""
+    (SCLIP's 336 for 224), 2x native without. ``negatives``: the negative vocabulary
+    (None = ``clips4rt.background.STUFF_NEGATIVES``; () = none)."""
+    from clips4rt.background import STUFF_NEGATIVES
     from train.models.clip_loader import activation
     from train.models.dense_clip import CLIPText, DenseCLIPImage
 
@@ -289,6 +294,7 @@ def export_dense_clip(
         threshold,
         background,
         logit_scale,
+        STUFF_NEGATIVES if negatives is None else negatives,
         kind=mode,
         stride=image.stride,
         input_size=int(input_size or default_size),
@@ -319,6 +325,7 @@ def export_student(
     logit_scale=None,
     window=0,
     window_stride=0,
+    negatives=None,
 ):
     """Export a CLIP-S4 training checkpoint: the student image graph + the teacher's
     text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash)."""
@@ -360,6 +367,7 @@ def export_student(
         threshold,
         background,
         logit_scale,
+        () if negatives is None else negatives,  # () = its known classes, at run time
         kind="clip-s4",
         window=int(window or 0),
         window_stride=int(window_stride or 0),
@@ -402,6 +410,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--logit-scale", type=float, help="softmax temperature written into the "
                    "bundle (default: the model's own, 100 for CLIP; the official SCLIP/ClearCLIP "
                    "protocols use 40-65 with their thresholds)")  # fmt: skip
+    p.add_argument("--negatives", help="the negative vocabulary, comma-separated names, or "
+                   "'none' (default: a generic stuff list for --clip/--model-config, the known "
+                   "classes for --checkpoint)")  # fmt: skip
     p.add_argument("--window", type=int, help="default sliding window, pixels of the working "
                    "size (0 = whole image; default: the native size for --clip/--model-config, "
                    "whole image for --checkpoint)")  # fmt: skip
@@ -439,13 +450,22 @@ def _int8(args, out: Path) -> dict:
     return quantize_image_graph(out, frames)
 
 
+def _negatives(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 def _export(args, out: Path, background: tuple[str, ...]):
     """The float bundle at ``out``: (BundleInfo, parity errors)."""
     from train.models.clip_loader import load_clip
 
     common = dict(input_size=args.input_size, fp16=args.fp16, threshold=args.threshold,
                   background=background, fp16_weights=args.fp16_weights,
-                  logit_scale=args.logit_scale, window_stride=args.window_stride)  # fmt: skip
+                  logit_scale=args.logit_scale, window_stride=args.window_stride,
+                  negatives=_negatives(args.negatives))  # fmt: skip
     if args.checkpoint:
         return export_student(args.checkpoint, out, templates=args.templates,
                               window=args.window or 0, **common)  # fmt: skip
