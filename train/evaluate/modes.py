@@ -12,6 +12,9 @@ Modes:
   embeddings, clusters matched to classes by the Hungarian algorithm.
 - ``probe``: a linear classifier on the pixel embeddings, trained on the first half
   of the images (labels resized to the embedding grid) and scored on the second half.
+- ``single-class``: the find-X protocol (``train.evaluate.single``): each present class
+  asked alone, three absent ones asked alone, a pair asked together, with the bundle's
+  default options, against the same classes asked with every name.
 """
 
 from __future__ import annotations
@@ -145,6 +148,23 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def single_markdown(r: dict) -> str:
+    lines = ["| query | mIoU | known | unknown |", "| --- | --- | --- | --- |"]
+    for key, name in (
+        ("single", "one class alone"),
+        ("all_names_same_images", "all names"),
+        ("pair", "two classes"),
+        ("all_names_pair_images", "all names (pairs)"),
+    ):
+        v = r[key]
+        lines.append(f"| {name} | {v['miou']:.1f} | {v['known']:.1f} | {v['unknown']:.1f} |")
+    x = r["ratio"]
+    lines += ["", f"one alone / all names: {x['miou']:.2f} (known {x['known']:.2f}, unknown "
+              f"{x['unknown']:.2f}); an absent class asked alone labels {r['absent_share']:.1f} % "
+              f"of the pixels ({r['absent_queries']} queries)"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def evaluate(
     model,
     data_dir,
@@ -178,9 +198,15 @@ def evaluate(
         conf = eval_unsupervised(seg, data, len(classes), size, window=win)
     elif mode == "probe":
         conf = eval_probe(seg, data, len(classes), size, window=win)
+    elif mode == "single-class":
+        from train.evaluate.single import eval_single_class
+
+        report = eval_single_class(seg, data, classes, unknown, size, templates, window=win)
     else:
-        raise ValueError(f"unknown --mode {mode!r}: language, unsupervised or probe")
-    report = summarize(conf, classes, unknown)
+        raise ValueError(f"unknown --mode {mode!r}: language, unsupervised, probe or "
+                         "single-class")  # fmt: skip
+    if mode != "single-class":
+        report = summarize(conf, classes, unknown)
     report.update(
         mode=mode,
         model=str(model),
@@ -202,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", required=True, help="bundle image graph (model.onnx)")
     p.add_argument("--data", required=True, help="VOC-style folder")
-    p.add_argument("--mode", default="language", choices=("language", "unsupervised", "probe"))
+    p.add_argument("--mode", default="language",
+                   choices=("language", "unsupervised", "probe", "single-class"))  # fmt: skip
     p.add_argument("--unknown-classes", help="comma-separated; default: the folder's split.json")
     p.add_argument("--size", type=int, help="short side images are resized to (default: bundle)")
     p.add_argument("--templates", choices=("bundle", "simple"), default="bundle")
@@ -235,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, clips4rt.BundleError, clips4rt.ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown(report))
+    print(markdown(report) if args.mode != "single-class" else single_markdown(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
