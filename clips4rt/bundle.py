@@ -71,6 +71,10 @@ class BundleInfo:
     # prompt embedding is this close (cosine) to a query name is dropped for that query.
     negative_classes: tuple[str, ...] = ()
     negative_max_cosine: float = 0.9
+    # absolute per-class score sigmoid(score_scale * cosine + score_bias), fitted on
+    # held-out data by `python -m train.export.calibrate`; scale 0 = not calibrated
+    score_scale: float = 0.0
+    score_bias: float = 0.0
     format_version: int = FORMAT_VERSION
 
     def to_metadata(self) -> dict[str, str]:
@@ -149,6 +153,8 @@ LIMITS = {
     "logit_scale": (1e-3, 1e4),
     "background_threshold": (0.0, 1.0),
     "negative_max_cosine": (0.0, 1.0),
+    "score_scale": (0.0, 1e4),
+    "score_bias": (-1e4, 1e4),
     "mean": (-10.0, 10.0),
     "std": (1e-6, 100.0),
 }
@@ -185,9 +191,8 @@ def check_field(k: str, v) -> str | None:
              "window_stride"):  # fmt: skip
         if not _number(v, True):
             return "is not an integer"
-    if k in ("logit_scale", "background_threshold", "negative_max_cosine") and not _number(
-        v, False
-    ):
+    if k in ("logit_scale", "background_threshold", "negative_max_cosine", "score_scale",
+             "score_bias") and not _number(v, False):  # fmt: skip
         return "is not a finite number"
     if k in LIMITS and k not in ("mean", "std"):
         lo, hi = LIMITS[k]

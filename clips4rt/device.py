@@ -18,6 +18,7 @@ the model, profiles covering the bundle's input size up to 4x its long side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -130,3 +131,19 @@ class GraphMatcher:
         self.match.run_with_iobinding(mb)
         labels, scores, probs = mb.copy_outputs_to_cpu()
         return labels, scores, probs
+
+
+def resolve_providers(providers: Sequence[str] | None) -> list[str]:
+    """TensorRT/CUDA when onnxruntime-gpu sees them, then CPU; or the explicit list."""
+    available = ort.get_available_providers()
+    if providers is None:
+        return [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [providers]
+    unknown = [p for p in providers if p not in available]
+    if unknown or not providers:
+        raise ValueError(
+            f"execution providers {unknown or providers} are not available in this "
+            f"onnxruntime; available: {available}. For CUDA install onnxruntime-gpu."
+        )
+    return list(providers)

@@ -27,7 +27,8 @@ class SegmentationResult:
     floats) and releases them once computed; the values are the same either way.
     """
 
-    __slots__ = ("labels", "classes", "image", "_scores", "_similarity", "_finish", "_lock")
+    __slots__ = ("labels", "classes", "image", "_scores", "_similarity", "_finish", "_lock",
+                 "_cosine", "_calibration")  # fmt: skip
 
     def __init__(
         self,
@@ -37,12 +38,15 @@ class SegmentationResult:
         classes: list[str],
         image: np.ndarray,
         finish: Finish | None = None,
+        cosine: Callable[[int], np.ndarray] | None = None,
+        calibration: tuple[float, float] | None = None,
     ):
         if (scores is None or similarity is None) and finish is None:
             raise ValueError("give scores and similarity, or finish= to compute them")
         self.labels, self.classes, self.image = labels, classes, image
         self._scores, self._similarity, self._finish = scores, similarity, finish
         self._lock = threading.Lock()
+        self._cosine, self._calibration = cosine, calibration
 
     def _complete(self) -> None:
         with self._lock:
@@ -63,6 +67,24 @@ class SegmentationResult:
             self._complete()
         return self._similarity
 
+    def probability(self, name: str) -> np.ndarray:
+        """(H, W) float32 absolute score of class ``name``: sigmoid(scale * cosine + bias)
+        with the bundle's calibration (``python -m train.export.calibrate``), the cosine
+        being the pixel's with the class's best name. Unlike ``scores`` (a softmax over
+        what was asked) it does not depend on the other classes or the negatives: the
+        same map whatever else is asked, calibrated so that of the pixels scored ~p,
+        about a fraction p belong to the class (on the calibration data)."""
+        if name not in self.classes:
+            raise KeyError(f"{name!r} is not one of the classes {self.classes}")
+        if self._calibration is None or self._cosine is None:
+            raise ValueError(
+                "this bundle has no score calibration: fit one on labelled images like "
+                "the deployment's with `python -m train.export.calibrate --model M --data DIR`"
+            )
+        a, b = self._calibration
+        z = a * self._cosine(self.classes.index(name)).astype(np.float64) + b
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
     def mask(self, name: str) -> np.ndarray:
         """(H, W) bool mask of class ``name``."""
         if name not in self.classes:
@@ -79,3 +101,19 @@ class SegmentationResult:
     def __repr__(self) -> str:
         h, w = self.labels.shape
         return f"SegmentationResult({w}x{h}, classes={self.classes})"
+
+
+def absolute_scores(info, vocab, protos, emb, size, threads: int = 0) -> dict:
+    """``SegmentationResult.probability``'s inputs for a bundle with a score calibration
+    ({} without one): the calibration, and the cosine map (H, W) of class k with its best
+    name (``emb`` (D, h, w), or a function giving it, called when first asked)."""
+    if not info.score_scale:
+        return {}
+    from clips4rt.kernels import match_upsample
+
+    def cosine(k: int) -> np.ndarray:
+        e = emb() if callable(emb) else emb
+        rows = [k] if vocab.owner is None else np.flatnonzero(vocab.owner == k)
+        return match_upsample(e, protos[rows], size, 1.0, threads=threads)[1]
+
+    return {"cosine": cosine, "calibration": (info.score_scale, info.score_bias)}

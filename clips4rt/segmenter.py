@@ -14,11 +14,12 @@ import onnxruntime as ort
 from clips4rt import background as BG
 from clips4rt import bundle as B
 from clips4rt import device as DV
+from clips4rt.device import resolve_providers
 from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
 from clips4rt.kernels import match_upsample, resize_rgb
 from clips4rt.prompts import check_classes
-from clips4rt.result import SegmentationResult
+from clips4rt.result import SegmentationResult, absolute_scores
 from clips4rt.stream import pipelined
 from clips4rt.text import TextEncoder
 from clips4rt.vocab import Vocabulary, vocabulary
@@ -80,22 +81,6 @@ class Query(NamedTuple):
     size: int | None
     window: tuple[int, int] | None  # (window, stride) pixels, None = whole image
     logit_scale: float
-
-
-def resolve_providers(providers: Sequence[str] | None) -> list[str]:
-    """TensorRT/CUDA when onnxruntime-gpu sees them, then CPU; or the explicit list."""
-    available = ort.get_available_providers()
-    if providers is None:
-        return [p for p in DV.GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-    if isinstance(providers, str):
-        providers = [providers]
-    unknown = [p for p in providers if p not in available]
-    if unknown or not providers:
-        raise ValueError(
-            f"execution providers {unknown or providers} are not available in this "
-            f"onnxruntime; available: {available}. For CUDA install onnxruntime-gpu."
-        )
-    return list(providers)
 
 
 class Segmenter:
@@ -345,6 +330,7 @@ class Segmenter:
         hh, ww = self.working_size(*image.shape[:2], q.size)
         frame = self._resize(image, hh, ww)
         args = (q.protos, image.shape[:2], q.logit_scale, len(q.vocab.names), q.threshold)
+        emb = None
         if q.window is None:
             labels, scores, probs = self._matcher.run(frame[None], *args)
         else:  # the crops' mean embeddings come from the host
@@ -353,7 +339,12 @@ class Segmenter:
         labels = q.vocab.map_labels(labels[0])
         if q.class_thresholds is not None:
             BG.apply_class_thresholds(labels, probs[0], q.class_thresholds)
-        return SegmentationResult(labels, probs[0], scores[0], list(q.vocab.classes), image)
+        extra = self._absolute(
+            lambda: emb if emb is not None else self.embed(frame[None])[0],
+            image.shape[:2], q,
+        )  # fmt: skip
+        return SegmentationResult(labels, probs[0], scores[0], list(q.vocab.classes), image,
+                                  **extra)  # fmt: skip
 
     def _embed_one(self, image, size, win=None) -> tuple[np.ndarray, np.ndarray]:
         """(the image as HxWx3 uint8, its (D, h, w) embeddings)."""
@@ -542,8 +533,12 @@ class Segmenter:
             return labels, sims, probs
 
         classes = list(vocab.classes)
+        extra = self._absolute(emb, image.shape[:2], q)
         if q.threshold > 0 or q.class_thresholds is not None:
             labels, sims, probs = finish()
-            return SegmentationResult(labels, probs, sims, classes, image)
+            return SegmentationResult(labels, probs, sims, classes, image, **extra)
         labels, _, _ = match(labels_only=True)
-        return SegmentationResult(labels, None, None, classes, image, finish=finish)
+        return SegmentationResult(labels, None, None, classes, image, finish=finish, **extra)
+
+    def _absolute(self, emb, size, q: Query) -> dict:
+        return absolute_scores(self.info, q.vocab, q.protos, emb, size, self.post_threads)
