@@ -54,7 +54,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, path in models.items():
         r = evaluate(path, data, mode="single-class", threads=args.threads)
-        (out / f"{label.replace(' ', '_').strip('()')}.json").write_text(json.dumps(r, indent=2))
+        stem = "".join(ch if ch.isalnum() else "_" for ch in label).strip("_")
+        (out / f"{stem}.json").write_text(json.dumps(r, indent=2))
         x = r["ratio"]
         print(f"| {label} | {r['single']['miou']:.1f} | {r['all_names_same_images']['miou']:.1f} "
               f"| {x['miou']:.2f} ({x['known']:.2f} / {x['unknown']:.2f}) | "
