@@ -74,6 +74,7 @@ def bundles(tmp_path_factory, tiny_clip):
             out / f"{mode}.onnx",
             templates="simple",
             window=0,  # whole image: the runtime tests' reference; windows: test_window.py
+            negatives=(),  # a softmax over the query alone; negatives: test_find_x.py
         )
         paths[mode] = out / f"{mode}.onnx"
         paths[mode + ".errs"] = errs

@@ -177,3 +177,19 @@ def test_calibrate_a_bundle(bundles, tmp_path, held_out, capsys):
     assert calibrate(["--model", str(random_model), "--data", str(held_out)]) == 2
     assert calibrate(["--model", str(model), "--data", str(tmp_path / "nope")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_exports_carry_their_negative_vocabulary(tmp_path, tiny_config, capsys):
+    from train.export import main as export
+
+    base = ["--model-config", str(tiny_config), "--templates", "simple"]
+    assert export([*base, "-o", str(tmp_path / "a.onnx")]) == 0
+    assert clips4rt.Segmenter(tmp_path / "a.onnx").info.negative_classes == BG.STUFF_NEGATIVES
+    assert export([*base, "-o", str(tmp_path / "b.onnx"), "--negatives", "none"]) == 0
+    assert clips4rt.Segmenter(tmp_path / "b.onnx").info.negative_classes == ()
+    assert export([*base, "-o", str(tmp_path / "c.onnx"), "--negatives", "wall, floor"]) == 0
+    seg = clips4rt.Segmenter(tmp_path / "c.onnx")
+    assert seg.info.negative_classes == ("wall", "floor")
+    assert BG.candidates(seg.info, True) == ["wall", "floor"]
+    assert BG.candidates(clips4rt.Segmenter().info, True) == list(
+        clips4rt.Segmenter().info.known_classes)  # a student: its known classes  # fmt: skip

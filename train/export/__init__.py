@@ -7,11 +7,11 @@ graph + metadata, each graph checked against torch in onnxruntime (``graphs``); 
     python -m train.export.default_bundle --checkpoint runs/toy/step_0000500.pt --force
 """
 
+from train.export.cli import main
 from train.export.graphs import (
     export_bundle,
     export_dense_clip,
     export_student,
-    main,
     store_weights_fp16,
 )
 

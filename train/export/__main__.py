@@ -1,5 +1,5 @@
 import sys
 
-from train.export.graphs import main
+from train.export.cli import main
 
 sys.exit(main())
