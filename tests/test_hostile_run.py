@@ -47,6 +47,28 @@ def test_run_json_never_names_files_outside_the_run(tmp_path, entries):
         R.load_resume(out)
 
 
+def test_a_run_json_that_is_not_a_file_never_blocks(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / "run.json")
+    got = []
+
+    def resume():
+        try:
+            R.load_resume(out)
+        except C.CheckpointError as e:
+            got.append(str(e))
+
+    t = threading.Thread(target=resume, daemon=True)
+    t.start()
+    t.join(20)
+    if t.is_alive():  # unblock the reader before failing
+        with open(out / "run.json", "wb"):
+            pass
+        pytest.fail("reading a FIFO run.json blocked")
+    assert got and "not a regular file" in got[0]
+
+
 @pytest.mark.parametrize("text", ["[]", '"a string"', "null", "3", '{"run_id": 1}', "{"])
 def test_a_run_json_of_another_shape_is_one_clear_error(tmp_path, text, capsys):
     out = tmp_path / "run"

@@ -51,6 +51,8 @@ MAX_RUN_FILE = 1 << 20
 
 def _run_state(out: Path) -> dict | None:
     path = out / RUN_FILE
+    if path.exists() and not path.is_file():  # a FIFO or folder: never opened
+        raise C.CheckpointError(f"{path} is not a regular file; remove it")
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_RUN_FILE + 1)
