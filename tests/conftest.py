@@ -91,6 +91,19 @@ def write_json(path: Path, obj) -> Path:
     return path
 
 
+# Hypothesis: derandomised under CI (CI=true), so that a run is reproducible and a
+# failure in CI fails again locally with the same examples (HYPOTHESIS_PROFILE=ci).
+try:
+    import os as _os
+
+    from hypothesis import settings as _settings
+
+    _settings.register_profile("ci", derandomize=True)
+    _settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE")
+                           or ("ci" if _os.environ.get("CI") else "default"))  # fmt: skip
+except ImportError:
+    pass
+
 # Triton kernels run on the CPU through the interpreter when no GPU is present.
 if not cuda_available():
     import os

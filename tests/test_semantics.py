@@ -1,0 +1,156 @@
+"""Semantic checks of training and evaluation, written from the maths rather than from
+the code (issue 33): an optimiser that steps, the schedule's values, unsupervised and
+probe evaluation on embeddings with a known answer, pinned config hashes, label PNG
+background values, metadata bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from train.method.config import load_config  # noqa: E402
+from train.method.loop import train  # noqa: E402
+
+TINY = ["--toy_pool=12", "--batch=3", "--image_size=64", "--teacher_size=96", "--segments=4",
+        "--log_every=1", "--ckpt_every=1", "--unknown_prototypes=2", "--unknown_refresh=1",
+        "--warmup=1", "--keep=0"]  # fmt: skip
+
+
+def test_every_step_moves_the_weights_by_about_the_learning_rate(tmp_path):
+    """AdamW's update of a weight with a gradient is lr * m/(sqrt(v) + eps) - about lr
+    in size for the first steps - plus lr * weight_decay * w. So between two checkpoints
+    most weights move, and none by more than a few times the learning rate: a loop that
+    never steps (or steps with 100x the rate) fails."""
+    cfg = load_config("toy", [*TINY, f"--out={tmp_path}", "--steps=3", "--lr=1e-3"])
+    train(cfg)
+    a = torch.load(tmp_path / "step_0000002.pt", weights_only=True)
+    b = torch.load(tmp_path / "step_0000003.pt", weights_only=True)
+    lr = b["scheduler"]["_last_lr"][0]  # the rate step 3 used... after it: of step 4
+    lr_used = a["scheduler"]["_last_lr"][0]
+    assert lr_used > 0
+    moved, total, biggest = 0, 0, 0.0
+    for k, w in a["model"].items():
+        if not w.is_floating_point() or "running" in k:
+            continue
+        d = (b["model"][k] - w).abs()
+        moved += int((d > 1e-3 * lr_used).sum())
+        total += d.numel()
+        biggest = max(biggest, float(d.max()))
+    assert moved > 0.5 * total, (moved, total)
+    assert biggest < 5 * lr_used, (biggest, lr_used, lr)
+
+
+def test_warmup_cosine_values():
+    """factor(s) = min(1, (s+1)/warmup) * (1 + cos(pi * s / steps)) / 2, reaching 0 at
+    ``steps`` and staying there: values at chosen steps, from the formula."""
+    from train.schedule import warmup_cosine
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=2.0)
+    sched = warmup_cosine(opt, warmup=4, steps=10)
+    seen = []
+    for _ in range(13):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = {0: 2.0 * 0.25, 1: 2.0 * 0.5 * 0.5 * (1 + math.cos(math.pi * 0.1)),
+            3: 2.0 * 0.5 * (1 + math.cos(math.pi * 0.3)), 5: 1.0, 10: 0.0, 12: 0.0}  # fmt: skip
+    for s, v in want.items():
+        assert seen[s] == pytest.approx(v, abs=1e-12), s
+
+
+class _FakeSeg:
+    """Embeddings with a known answer: each pixel's embedding is a one-hot of a
+    permuted class id (clusters and classes differ in order)."""
+
+    def __init__(self, perm):
+        self.perm = perm
+
+    def embed_image(self, image, size=None, **kw):
+        labels = image[..., 0].astype(int)
+        d = len(self.perm)
+        emb = np.zeros((d, *labels.shape), np.float32)
+        for k, j in enumerate(self.perm):
+            emb[j][labels == k] = 1.0
+        return emb
+
+
+class _FakeData:
+    def __init__(self, n_images=6, n=4, size=12, seed=0):
+        rng = np.random.default_rng(seed)
+        self.items = []
+        for _ in range(n_images):
+            mask = rng.integers(0, n, (size, size)).repeat(2, 0).repeat(2, 1).astype(np.uint8)
+            image = np.repeat(mask[..., None], 3, 2)
+            self.items.append((image, mask))
+        self.classes = [f"c{k}" for k in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def load(self, i):
+        return self.items[i]
+
+
+def test_unsupervised_and_probe_find_a_known_answer():
+    """Embeddings that are one-hot codes of the true class (in a shuffled order): the
+    clusters are exactly the classes, so with the Hungarian matching unsupervised mIoU is
+    100 (without it, the shuffled order would score near 0); a linear probe separates
+    them perfectly."""
+    from train.evaluate.metrics import summarize
+    from train.evaluate.modes import eval_probe, eval_unsupervised
+
+    data, seg = _FakeData(), _FakeSeg([2, 0, 3, 1])
+    conf = eval_unsupervised(seg, data, 4)
+    assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
+    conf = eval_probe(seg, data, 4, epochs=200)
+    assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
+
+
+def test_model_hash_is_pinned():
+    """Checkpoints carry this hash and --resume / export compare it: a change of the
+    formula or of the presets' model fields would orphan every checkpoint written."""
+    assert load_config("toy", []).model_hash() == "7eeaa89915e72f9d"
+    assert load_config("vit-b16", []).model_hash() == "59baa4f0294f1ef5"
+    assert load_config("toy", ["--teacher_targets=dense", "--teacher_center=0"]).model_hash() == (
+        "da62e2acc0aaa0d6"
+    )
+    assert load_config("toy", ["--lr=1e-2", "--steps=7"]).model_hash() == "7eeaa89915e72f9d"
+
+
+def test_label_png_background_values():
+    from PIL import Image
+
+    from clips4rt.visualize import label_png
+
+    labels = np.array([[0, 1, -1], [2, -1, 0]], np.int32)
+    small = np.asarray(label_png(labels, 3))
+    np.testing.assert_array_equal(small, [[0, 1, 255], [2, 255, 0]])
+    big = label_png(labels, 300)
+    assert big.mode.startswith("I")
+    np.testing.assert_array_equal(np.asarray(big), [[0, 1, 65535], [2, 65535, 0]])
+    assert isinstance(big, Image.Image)
+
+
+def test_metadata_bounds_at_load():
+    import json
+
+    from clips4rt import bundle as B
+    from clips4rt.errors import BundleError
+
+    good = B.BundleInfo(kind="sclip", embed_dim=8, stride=16, input_size=64, logit_scale=100,
+                        text_model="t.onnx", text_model_sha256="0" * 64).to_metadata()  # fmt: skip
+    B.BundleInfo.from_metadata(good)
+    for field, value, words in (("input_size", 8, "smaller than the stride"),
+                                ("prompt_templates", [], "is empty"),
+                                ("window", 24, "multiples of the stride"),
+                                ("negative_max_cosine", 1.5, "outside"),
+                                ("score_scale", float("nan"), "finite")):  # fmt: skip
+        bad = {**good, B.PREFIX + field: json.dumps(value)}
+        with pytest.raises(BundleError, match=words):
+            B.BundleInfo.from_metadata(bad)
