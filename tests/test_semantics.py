@@ -154,3 +154,71 @@ def test_metadata_bounds_at_load():
         bad = {**good, B.PREFIX + field: json.dumps(value)}
         with pytest.raises(BundleError, match=words):
             B.BundleInfo.from_metadata(bad)
+
+
+def test_contrastive_loss_with_several_positives_by_hand():
+    """Two pixels, three segments, two positives for the first pixel (its segment and
+    the other view's), one for the second, one pixel without positives (ignored):
+    L_p = -log(sum_{S+} e^{k z.v} / sum_all e^{k z.v}), mean over pixels with positives."""
+    from train.method.losses import contrastive_loss
+
+    k = 3.0
+    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.5, 0.5]]), dim=1)
+    v = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=1)
+    pos = torch.tensor([[0, 1], [2, -1], [-1, -1]])
+    logits = (k * z @ v.T).double()
+    want = []
+    for p, row in zip(pos.tolist()[:2], logits[:2]):
+        keep = [j for j in p if j >= 0]
+        want.append(-(torch.logsumexp(row[keep], 0) - torch.logsumexp(row, 0)))
+    # float32 log-sum-exps of O(k) values: a few ulp of 3, ~1e-6
+    assert contrastive_loss(z, v, pos, k).item() == pytest.approx(
+        float(torch.stack(want).mean()), abs=3e-6)  # fmt: skip
+    assert contrastive_loss(z, v, pos, k, reduction="sum").item() == pytest.approx(
+        float(torch.stack(want).sum()), abs=6e-6)  # fmt: skip
+
+
+def test_semantic_consistency_with_unequal_scales_and_a_centre_by_hand():
+    """CE(softmax(s_t * (cos(t, P) - c)), softmax(s_s * cos(v, P))): the teacher's
+    temperature and centre act on the target only, the student's on its prediction."""
+    from train.method.losses import semantic_consistency
+
+    protos = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]),
+                                           dim=1)  # fmt: skip
+    v = torch.tensor([[0.3, 1.0], [1.0, 0.1]])
+    t = torch.tensor([[1.0, 0.5], [0.2, 1.0]])
+    center = torch.tensor([0.1, -0.2, 0.05])
+    s_s, s_t = 7.0, 20.0
+    got = semantic_consistency(v, t, protos, s_s, s_t, center=center).item()
+    nv, nt = (torch.nn.functional.normalize(x, dim=1).double() for x in (v, t))
+    q = torch.softmax(s_t * (nt @ protos.double().T - center.double()), dim=1)
+    logp = torch.log_softmax(s_s * nv @ protos.double().T, dim=1)
+    want = float(-(q * logp).sum(1).mean())
+    assert got == pytest.approx(want, abs=1e-5)  # float32 softmax of logits up to 20
+    swapped = semantic_consistency(v, t, protos, s_t, s_s, center=center).item()
+    assert abs(swapped - want) > 0.05  # the two scales are not interchangeable
+
+
+def test_resume_restores_every_piece_of_state(tmp_path):
+    """Interrupted after step 5 of 8 - past the warmup (2 steps), with the unknown
+    prototypes formed and refreshed every step - and resumed: the final weights equal an
+    uninterrupted run's bit for bit (CPU), so the scheduler, the prototypes, the
+    optimiser and the RNGs all came back."""
+    extra = [
+        "--steps=8",
+        "--warmup=2",
+        "--ckpt_every=1",
+        "--unknown_refresh=1",
+        "--unknown_threshold=0.99",
+    ]  # most teacher features unexplained: prototypes form
+    full = torch.load(train(load_config("toy", [*TINY, f"--out={tmp_path / 'a'}", *extra])),
+                      weights_only=True)  # fmt: skip
+    cfg = load_config("toy", [*TINY, f"--out={tmp_path / 'b'}", *extra])
+    train(cfg, stop_after=5)
+    cut = torch.load(tmp_path / "b" / "step_0000005.pt", weights_only=True)
+    assert len(cut["unknown"]["protos"]) == 2  # the unknown prototypes have formed
+    assert cut["scheduler"]["last_epoch"] == 5 > 2
+    resumed = torch.load(train(cfg, resume=True), weights_only=True)
+    assert resumed["step"] == 8
+    for k, v in full["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
