@@ -222,3 +222,51 @@ def test_resume_restores_every_piece_of_state(tmp_path):
     assert resumed["step"] == 8
     for k, v in full["model"].items():
         torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_truncated_png_as_bytes(tmp_path):
+    """The truncation check reads the PNG's chunks from the bytes and must rewind before
+    decoding: short PNG bytes are refused as a short file is, whole ones decode to the
+    same pixels as the file."""
+    import io
+
+    from PIL import Image
+
+    from clips4rt.errors import ImageError
+    from clips4rt.images import load_image
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (120, 160, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    whole = buf.getvalue()
+    short = whole[: len(whole) // 3]
+    (tmp_path / "w.png").write_bytes(whole)
+    np.testing.assert_array_equal(load_image(whole), img)
+    np.testing.assert_array_equal(load_image(tmp_path / "w.png"), img)
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(short)
+    from tests.test_errors import _png
+
+    # a header of 1200x900 with two rows of data: PIL alone decodes it into blank rows
+    rows2 = _png(tmp_path / "two_rows.png", 1200, 900, 2).read_bytes()
+    with pytest.raises(ImageError, match="truncated PNG"):
+        load_image(rows2)
+
+
+def test_prompt_cache_keeps_text_graphs_apart_and_refuses_non_unit_vectors(tmp_path):
+    from clips4rt.textcache import TextCache
+
+    v = np.zeros(8, np.float32)
+    v[0] = 1.0
+    a, b = TextCache(tmp_path, "a" * 64, 8), TextCache(tmp_path, "b" * 64, 8)
+    a.put("cat", ("a {}",), v)
+    np.testing.assert_array_equal(a.get("cat", ("a {}",)), v)
+    assert b.get("cat", ("a {}",)) is None  # another text graph: never its entry
+    assert a.get("cat", ("the {}",)) is None  # other templates: another entry
+    a.put("dog", ("a {}",), 2 * v)  # not unit length: written, but refused on reading
+    assert a.get("dog", ("a {}",)) is None
+    a.put("fox", ("a {}",), np.full(8, np.nan, np.float32))
+    assert a.get("fox", ("a {}",)) is None
+    wide = TextCache(tmp_path, "a" * 64, 16)  # same graph hash, another width: refused
+    assert wide.get("cat", ("a {}",)) is None
