@@ -84,7 +84,8 @@ def test_a_negative_size_header_ends_the_index_instead_of_looping(tmp_path):
 
 
 @pytest.mark.parametrize("pattern", ["shard-{0000..99999999}.tar", "{0..999}{0..999}{0..999}",
-                                     "{a,b}{0..9999999999999}"])  # fmt: skip
+                                     "{a,b}{0..9999999999999}",
+                                     "{0..99999999999999999999999}"])  # fmt: skip
 def test_brace_patterns_are_counted_before_expanding(tmp_path, pattern):
     code = f"""
 import tracemalloc

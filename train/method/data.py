@@ -125,7 +125,8 @@ class Entry:
 
 
 def _brace_group(pattern: str):
-    """(head, options as a range or a list, tail) of the first ``{...}``, or None."""
+    """(head, options as a range or a list, zero-padding width, tail) of the first
+    ``{...}``, or None."""
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
         return None
@@ -140,7 +141,8 @@ def _brace_count(pattern: str) -> int:
     count = 1
     while (g := _brace_group(pattern)) is not None:
         head, opts, _, tail = g
-        count *= len(opts)
+        # len() of a range over 2**63 names overflows: count it arithmetically
+        count *= max(0, opts.stop - opts.start) if isinstance(opts, range) else len(opts)
         if count > MAX_PATTERNS:
             return count
         pattern = head + "x" + tail
