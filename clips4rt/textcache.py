@@ -14,12 +14,13 @@ import hashlib
 import io
 import json
 import os
-import stat
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from clips4rt.files import read_regular
 
 
 class TextCache:
@@ -36,9 +37,10 @@ class TextCache:
         return self.dir / (hashlib.sha256(key.encode("utf-8")).hexdigest() + ".npy")
 
     def get(self, name: str, templates: tuple[str, ...]) -> np.ndarray | None:
-        raw = _read_small(self._path(name, templates), 4096 + 4 * self.dim)
-        if raw is None:
-            return None  # missing or not a plain file: recomputed and rewritten by the caller
+        try:
+            raw = read_regular(self._path(name, templates), 4096 + 4 * self.dim, whole=True)
+        except OSError:
+            return None  # missing, too large or not a plain file: recomputed and rewritten
         try:
             f = io.BytesIO(raw)
             major, _ = np.lib.format.read_magic(f)
@@ -75,21 +77,3 @@ class TextCache:
             except OSError:
                 pass
             warnings.warn(f"text cache: cannot write {path} ({e})", RuntimeWarning, stacklevel=3)
-
-
-def _read_small(path: Path, limit: int) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None;
-    opened without blocking (a FIFO returns None at once)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        return os.pread(fd, limit + 1, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)

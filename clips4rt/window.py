@@ -61,10 +61,6 @@ def origins(n: int, window: int, stride: int) -> list[int]:
     return sorted({max(min(i * stride + window, n) - window, 0) for i in range(count)})
 
 
-def count_windows(h: int, w: int, window: int, stride: int) -> int:
-    return len(origins(h, window, stride)) * len(origins(w, window, stride))
-
-
 def embed_windows(
     embed: Callable[[np.ndarray], np.ndarray],
     image: np.ndarray,

@@ -169,9 +169,14 @@ def test_shards_never_follow_links_and_skip_unreadable_files(tmp_path, monkeypat
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "o.png").write_bytes(_png(9))
     (src / "dirlink").symlink_to(tmp_path / "outside", target_is_directory=True)
-    real = S._read
-    monkeypatch.setattr(S, "_read", lambda p: (_ for _ in ()).throw(PermissionError(13, "denied"))
-                        if p.name == "02.png" else real(p))  # fmt: skip
+    real = S.read_regular
+
+    def unreadable(path, *a, **k):
+        if Path(path).name == "02.png":
+            raise PermissionError(13, "denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(S, "read_regular", unreadable)
     with pytest.warns(UserWarning) as rec:
         shards = write_shards(src, tmp_path / "out", per_shard=2)
     text = " ".join(str(w.message) for w in rec)

@@ -21,6 +21,7 @@ import tarfile
 import warnings
 from pathlib import Path
 
+from clips4rt.files import read_regular
 from clips4rt.images import IMAGE_SUFFIXES
 
 MAX_MEMBER_BYTES = 256 << 20  # one image in a shard (training skips larger members)
@@ -41,21 +42,6 @@ def _sources(src: Path) -> tuple[list[Path], list[Path]]:
             elif stat.S_ISREG(p.lstat().st_mode):
                 files.append(p)
     return sorted(files), links
-
-
-def _read(path: Path) -> bytes:
-    """The file's bytes, at most MAX_MEMBER_BYTES (a larger file is refused unread)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"{path} is not a regular file")
-        if st.st_size > MAX_MEMBER_BYTES:
-            raise OSError(f"{path} has {st.st_size} bytes, over {MAX_MEMBER_BYTES}")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(MAX_MEMBER_BYTES + 1)
-    finally:
-        os.close(fd)
 
 
 def _warn_skipped(what: str, paths: list) -> None:
@@ -95,7 +81,8 @@ def write_shards(src: str | Path, out: str | Path, per_shard: int = 1000) -> lis
             with tarfile.open(tmp, "x", format=tarfile.USTAR_FORMAT) as tar:
                 for i, f in pending:
                     try:
-                        data = _read(f)
+                        data = read_regular(f, MAX_MEMBER_BYTES, whole=True,
+                                            follow_symlinks=False)  # fmt: skip
                     except OSError as e:
                         unreadable.append(f"{f} ({e.strerror or e})")
                         continue

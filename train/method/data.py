@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import glob
 import itertools
-import os
 import re
-import stat
 import tarfile
 import warnings
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ import torch
 from PIL import Image
 
 from clips4rt.errors import ImageError
+from clips4rt.files import read_regular
 from clips4rt.images import IMAGE_SUFFIXES, load_image
 from train.shards import MAX_MEMBER_BYTES
 
@@ -86,18 +85,6 @@ class ToySource:
 MAX_PATTERNS = 100_000  # names a brace pattern may expand to
 
 
-def read_regular(path: str, offset: int, size: int) -> bytes:
-    """``size`` bytes at ``offset`` of ``path``, which must be a regular file: opened
-    without blocking and checked before reading (a FIFO or device is refused)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageError(f"{path} is not a regular file")
-        return os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class Entry:
     """One image: a file (``offset`` -1), or a member of a tar shard read at
@@ -113,12 +100,15 @@ class Entry:
 
     def load(self, min_side: int) -> np.ndarray:
         if self.offset < 0:
-            if not stat.S_ISREG(os.stat(self.path).st_mode):
+            if not Path(self.path).is_file():  # a FIFO swapped in: never opened
                 raise ImageError(f"{self.path} is not a regular file")
             return load_image(self.path, min_side=min_side)
         if not 0 <= self.size <= MAX_MEMBER_BYTES:
             raise ImageError(f"{self}: {self.size} bytes, over {MAX_MEMBER_BYTES}")
-        data = read_regular(self.path, self.offset, self.size)
+        try:
+            data = read_regular(self.path, self.size, self.offset)
+        except OSError as e:  # swapped for a FIFO or a folder since indexing, or gone
+            raise ImageError(f"{self}: {e.strerror or e}") from None
         if len(data) < self.size:
             raise ImageError(f"{self}: the shard ends inside this member")
         return load_image(data, min_side=min_side)
