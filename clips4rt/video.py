@@ -166,12 +166,15 @@ def segment_video(
                 _encode(av, encoder, av.VideoFrame.from_ndarray(image, format="rgb24"), out)
                 if labels_dir is not None:
                     path = labels_dir / f"{n:06d}.png"
+                    # listed before it exists: a signal right after the open must still
+                    # find it in the cleanup list (removing a missing file is a no-op)
+                    written.append(path)
                     try:
                         f = open(path, "xb")  # never over a file this run did not create
                     except FileExistsError:
+                        written.pop()  # another process's file: not ours to remove
                         raise VideoError(f"--labels-dir: {path} appeared during the run (another "
                                          "process writes there); stopped") from None  # fmt: skip
-                    written.append(path)
                     with f:
                         label_png(r.labels, len(classes)).save(f, format="PNG")
                 n += 1

@@ -145,3 +145,27 @@ def test_pipelined_close_still_joins_a_healthy_worker():
     gen.close()
     alive = [t for t in threading.enumerate() if t.name == "clips4rt-stream"]
     assert not alive
+
+
+def test_a_signal_right_after_a_label_png_is_created_still_cleans_it(seg, rng, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """The window between creating a label PNG and listing it for cleanup: a signal
+    (KeyboardInterrupt) arriving there must not leave the file behind."""
+    import builtins
+
+    clip = _write_clip(tmp_path / "in.avi", _moving(rng, 4))
+    real_open = builtins.open
+
+    def open_then_interrupt(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if str(path).endswith("000001.png") and "x" in mode:
+            f.close()
+            raise KeyboardInterrupt  # as if SIGINT landed just after the file appeared
+        return f
+
+    monkeypatch.setattr(video, "open", open_then_interrupt, raising=False)
+    labels = tmp_path / "labels"
+    with pytest.raises(KeyboardInterrupt):
+        video.segment_video(seg, clip, CLASSES, tmp_path / "o.mp4", labels_dir=labels,
+                            progress=False)  # fmt: skip
+    assert list(labels.iterdir()) == [] and not list(tmp_path.glob(".*partial*"))
