@@ -124,8 +124,8 @@ def bench_text_cache(clip: str, n_classes: int) -> None:
     80 ImageNet templates, ``n_classes`` class names, ``Segmenter(cache_dir=...)``."""
     import torch
 
+    from clips4rt.export.clip_loader import load_clip
     from train.export import export_dense_clip
-    from train.models.clip_loader import load_clip
 
     torch.manual_seed(0)
     model, name, mean, std = load_clip(clip)
@@ -163,9 +163,9 @@ def main() -> None:
         return
     import torch
 
+    from clips4rt.export.clip_loader import load_clip
+    from clips4rt.export.dense_clip import DenseCLIPImage
     from train.export import export_dense_clip
-    from train.models.clip_loader import load_clip
-    from train.models.dense_clip import DenseCLIPImage
 
     torch.manual_seed(0)
     model, name, mean, std = load_clip(args.clip)

@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import clips4rt  # noqa: E402
+from clips4rt.export.clip_loader import load_clip  # noqa: E402
 from train import toyworld  # noqa: E402
 from train.evaluate import evaluate  # noqa: E402
 from train.export import export_dense_clip  # noqa: E402
-from train.models.clip_loader import load_clip  # noqa: E402
 
 
 def main() -> None:

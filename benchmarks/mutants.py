@@ -43,15 +43,15 @@ MUTANTS = {
         "    mapping = np.arange(conf.shape[1] - 1)\n",
         ["tests/test_semantics.py::test_unsupervised_and_probe_find_a_known_answer"]),
     "SCLIP without its FFN": (
-        "train/models/dense_clip.py",
+        "clips4rt/export/dense_clip.py",
         "    x = x + blk.ls_1(_self_attention(blk, x, keys=True))\n    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))\n",
         "    return x + blk.ls_1(_self_attention(blk, x, keys=True))\n",
         ["tests/test_dense_parity.py"]),
     "SCLIP's k-k attention as q-k": (
-        "train/models/dense_clip.py", "torch.softmax(k @ k.transpose(-1, -2) * scale, dim=-1)",
+        "clips4rt/export/dense_clip.py", "torch.softmax(k @ k.transpose(-1, -2) * scale, dim=-1)",
         "torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)", ["tests/test_dense_parity.py"]),
     "SCLIP interpolates like MaskCLIP": (
-        "train/models/dense_clip.py", '@dense_mode("sclip", pos_pad=0.1)',
+        "clips4rt/export/dense_clip.py", '@dense_mode("sclip", pos_pad=0.1)',
         '@dense_mode("sclip", pos_pad=0.0)', ["tests/test_dense_parity.py"]),
     "windows not averaged": (
         "clips4rt/window.py", "    acc /= count[None]\n", "", ["tests/test_window.py"]),

@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from clips4rt.export.clip_loader import load_clip  # noqa: E402
 from train import toyworld  # noqa: E402
 from train.evaluate import evaluate  # noqa: E402
 from train.export import export_dense_clip  # noqa: E402
-from train.models.clip_loader import load_clip  # noqa: E402
 
 SEED, COUNT = 3000, 500
 KEYS = ("miou", "miou_known", "miou_unknown", "hm", "per_class")

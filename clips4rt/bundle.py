@@ -88,7 +88,7 @@ class BundleInfo:
         if not ours:
             raise BundleError(
                 f"{source} has no clips4rt metadata: it is a plain ONNX model, not a bundle. "
-                "Export one with `python -m train.export`."
+                "Export one with `clips4rt export`."
             )
         try:
             values = {k: json.loads(v) for k, v in ours.items()}
@@ -99,7 +99,7 @@ class BundleInfo:
             raise BundleError(
                 f"{source} has bundle format version {version!r}; this clips4rt reads "
                 f"version {FORMAT_VERSION}. Re-export the model with this version's "
-                "`python -m train.export`, or install the clips4rt that wrote it."
+                "`clips4rt export`, or install the clips4rt that wrote it."
             )
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(
@@ -115,7 +115,7 @@ class BundleInfo:
             if problem:
                 raise BundleError(
                     f"{source}: metadata field {k!r} = {_short(v)} {problem}; the bundle is "
-                    "damaged or was edited by hand: re-export it with `python -m train.export`"
+                    "damaged or was edited by hand: re-export it with `clips4rt export`"
                 )
         for k in ("mean", "std", "prompt_templates", "background_classes", "known_classes",
                   "negative_classes"):  # fmt: skip

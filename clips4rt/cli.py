@@ -1,5 +1,6 @@
-"""Command line: ``clips4rt segment``, ``clips4rt video``, ``clips4rt demo``, ``clips4rt info``.
+"""Command line: ``clips4rt segment``, ``video``, ``demo``, ``info``, ``models``, ``export``.
 
+clips4rt segment photo.jpg --model ViT-B-16/openai --classes "cat,dog,sofa" --out out/
 clips4rt segment photo.jpg --model model.onnx --classes "cat,dog,sofa" --out out/
 clips4rt video clip.mp4 --model model.onnx --classes "person,car" --out overlay.mp4
 clips4rt info model.onnx
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clips4rt.errors import BundleError, ImageError, VideoError
+from clips4rt.errors import BundleError, DownloadError, ImageError, VideoError
 from clips4rt.images import IMAGE_SUFFIXES
 
 
@@ -283,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("segment", help="segment images by class names")
     s.add_argument("images", nargs="+", help="image files, folders or quoted globs")
-    s.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
+    s.add_argument("--model", help=MODEL_HELP)
     s.add_argument("--classes", help='comma-separated names, "cat,dog"')
     s.add_argument("--out", default="clips4rt_out", help="output folder")
     s.add_argument("--threshold", help="background probability threshold, or per class: "
@@ -297,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("input", help="video file, or a camera index (0 = /dev/video0)")
     v.add_argument("--classes", help='comma-separated names, "person,car"')
     v.add_argument("--out", required=True, help="overlay video (.mp4, .mkv, .mov, .avi, .webm)")
-    v.add_argument("--model", help="bundle image graph (default: the embedded toy model)")
+    v.add_argument("--model", help=MODEL_HELP)
     v.add_argument("--labels-dir", help="also write one label PNG per frame here")
     v.add_argument("--threshold", help="background probability threshold, or per class: "
                    "car=0.6,person=0.4")  # fmt: skip
@@ -315,9 +316,50 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, help="CPU threads")
     d.set_defaults(fn=_demo)
     i = sub.add_parser("info", help="print a bundle's metadata")
-    i.add_argument("model", nargs="?", help="bundle image graph (default: the embedded one)")
+    i.add_argument("model", nargs="?", help=MODEL_HELP)
     i.set_defaults(fn=_info)
+    m = sub.add_parser("models", help="list the models known by name and the cached ones")
+    m.set_defaults(fn=_models)
+    sub.add_parser("export", add_help=False, help="export a CLIP or a CLIP-S4 checkpoint to a "
+                   "bundle (pip install 'clips4rt[export]'; `clips4rt export --help`)")  # fmt: skip
     return p
+
+
+MODEL_HELP = (
+    "a bundle's image graph (.onnx), a model name such as ViT-B-16/openai (built once into "
+    "the cache; `clips4rt models`) or an https:// URL of a bundle (default: the embedded "
+    "toy model)"
+)
+
+
+def _models(args) -> int:
+    from clips4rt import hub
+
+    have = {name: (path, size) for name, path, size in hub.cached()}
+    print(f"{'name':<30} {'weights':>9}  cached")
+    for name, recipe in hub.KNOWN.items():
+        path, size = have.pop(name, (None, 0))
+        got = f"{path} ({size / 1e6:.0f} MB)" if path else "no (built on first use)"
+        print(f"{name:<30} {recipe.weights_mb or '?':>6} MB  {got}")
+    for name, (path, size) in have.items():
+        print(f"{name:<30} {'':>9}  {path} ({size / 1e6:.0f} MB)")
+    print(f"\ncache: {hub.home()} (set {hub.HOME_ENV} to move it). Any open_clip name/tag "
+          "works the same way (open_clip.list_pretrained()); building one needs "
+          "pip install 'clips4rt[export]'.")  # fmt: skip
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    from clips4rt import export
+
+    try:
+        export.require()
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from clips4rt.export.cli import main as export_main
+
+    return export_main(argv)
 
 
 def _terminated(signum, frame):
@@ -328,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:  # its own parser and --help
+        return _export(argv[1:])
     args = _parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
@@ -340,9 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except (BundleError, ImageError, VideoError, ValueError, TypeError, FileNotFoundError) as e:
+    except (BundleError, ImageError, VideoError, ValueError, TypeError, FileNotFoundError,
+            ImportError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:  # the output side: --out a file, no permission, disk full, ...
         where = f" {e.filename}" if e.filename else ""
         print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)

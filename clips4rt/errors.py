@@ -11,3 +11,7 @@ class ImageError(ValueError):
 
 class VideoError(ValueError):
     """A video cannot be read or written (missing codec or PyAV, no frames, bad path)."""
+
+
+class DownloadError(OSError):
+    """A bundle could not be downloaded (network, HTTP status, interrupted transfer)."""

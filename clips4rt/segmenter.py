@@ -14,6 +14,7 @@ import onnxruntime as ort
 from clips4rt import background as BG
 from clips4rt import bundle as B
 from clips4rt import device as DV
+from clips4rt import hub
 from clips4rt.device import resolve_providers
 from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
@@ -91,8 +92,11 @@ class Segmenter:
     >>> result.labels.shape  # (H, W) of the photo
 
     Args:
-        path: the image graph ``model.onnx``; the text graph named in its metadata
-            must sit beside it. None = the embedded toy model (:func:`default_model`).
+        path: the image graph ``model.onnx`` (the text graph named in its metadata
+            must sit beside it); or an open_clip name such as ``"ViT-B-16/openai"``,
+            built once into the cache (needs ``clips4rt[export]`` that once); or an
+            ``https://`` URL of a bundle, downloaded once (:mod:`clips4rt.hub`).
+            None = the embedded toy model (:func:`default_model`).
         providers: onnxruntime execution providers; None = TensorRT/CUDA if
             available, else CPU.
         threads: intra-op threads of the CPU provider (None or 0 = onnxruntime's
@@ -139,9 +143,7 @@ class Segmenter:
         trt_cache=None,
         trt_max_side: int | None = None,
     ):
-        self.path = default_model() if path is None else Path(path).expanduser()
-        if not self.path.is_file():
-            raise FileNotFoundError(f"model file not found: {self.path}")
+        self.path = default_model() if path is None else hub.resolve(path)
         self.providers = resolve_providers(providers)
         if postprocess not in DV.POSTPROCESS:
             raise ValueError(f"postprocess must be one of {DV.POSTPROCESS}, got {postprocess!r}")
@@ -177,7 +179,7 @@ class Segmenter:
             meta = self._session(self.path, ["CPUExecutionProvider"], light=True)
             info = B.BundleInfo.from_metadata(meta.get_modelmeta().custom_metadata_map,
                                               str(self.path))  # fmt: skip
-            cache = Path(trt_cache or "~/.cache/clips4rt/trt").expanduser()
+            cache = Path(trt_cache).expanduser() if trt_cache else hub.home() / "trt"
             self._trt = DV.trt_options(cache, info.stride, info.input_size, trt_fp16,
                                        trt_max_side, opt_side=info.window)  # fmt: skip
             del meta
@@ -233,7 +235,7 @@ class Segmenter:
         except Exception as e:  # onnxruntime raises several private types here
             raise BundleError(
                 f"{path} is not a loadable ONNX model ({type(e).__name__}: {e}). Is the "
-                "file truncated or of another format? Re-export with `python -m train.export`."
+                "file truncated or of another format? Re-export with `clips4rt export`."
             ) from e
 
     def _check_io(self) -> None:

@@ -48,7 +48,7 @@ def tiny_clip(tiny_config):
     pytest.importorskip("open_clip")
     import torch
 
-    from train.models.clip_loader import load_clip
+    from clips4rt.export.clip_loader import load_clip
 
     torch.manual_seed(0)
     return load_clip(model_config=tiny_config)
@@ -57,8 +57,8 @@ def tiny_clip(tiny_config):
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory, tiny_clip):
     """{mode: path} of tiny bundles for every dense mode (exported once)."""
+    from clips4rt.export.dense_clip import DENSE_MODES
     from train.export import export_dense_clip
-    from train.models.dense_clip import DENSE_MODES
 
     model, name, mean, std = tiny_clip
     out = tmp_path_factory.mktemp("bundles")

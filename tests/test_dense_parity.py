@@ -3,7 +3,7 @@
 The reference below is written from the papers' equations and the official
 repositories' layout (sequence-first tokens, open_clip's own block forward for the
 first L-1 blocks, ``F.interpolate`` for the positional embedding exactly as each
-official repository calls it), sharing no code with ``train.models.dense_clip``. The
+official repository calls it), sharing no code with ``clips4rt.export.dense_clip``. The
 tiny CLIP gets non-trivial LayerNorm weights and biases, so that a dropped or
 misplaced norm, residual or FFN shows.
 """
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 import torch.nn.functional as F  # noqa: E402
 
-from train.models.dense_clip import DenseCLIPImage  # noqa: E402
+from clips4rt.export.dense_clip import DenseCLIPImage  # noqa: E402
 
 
 def _pos_official(visual, h, w, mode):
@@ -83,8 +83,8 @@ def official_dense(visual, pixels, mode):
 
 @pytest.fixture(scope="module")
 def clip_with_norms():
+    from clips4rt.export.clip_loader import load_clip
     from tests.conftest import TINY_CONFIG
-    from train.models.clip_loader import load_clip
 
     torch.manual_seed(3)
     model, *_ = load_clip(model_config=TINY_CONFIG)
@@ -97,7 +97,9 @@ def clip_with_norms():
 
 
 @pytest.mark.parametrize("mode", ["maskclip", "clearclip", "sclip"])
-@pytest.mark.parametrize("grid", [(4, 4), (6, 5), (3, 7)])  # native 4x4 (32 px, patch 8)
+# native 4x4 (32 px, patch 8); 4x3 keeps the native height only (the raw embedding is for
+# the native grid in both sides, not one)
+@pytest.mark.parametrize("grid", [(4, 4), (6, 5), (3, 7), (4, 3)])
 def test_dense_mode_equals_official(clip_with_norms, mode, grid):
     visual = clip_with_norms.visual
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 from clips4rt import bundle as B  # noqa: E402
-from train.models.dense_clip import DENSE_MODES, CLIPText, DenseCLIPImage, block_forward  # noqa: E402
+from clips4rt.export.dense_clip import DENSE_MODES, CLIPText, DenseCLIPImage, block_forward  # noqa: E402
 
 
 def test_block_forward_matches_open_clip(tiny_clip):
@@ -142,7 +142,7 @@ def test_fp16_weight_storage(tmp_path, tiny_clip):
 
 def test_export_refuses_a_broken_graph(tmp_path, tiny_clip, monkeypatch):
     """The parity check can fail: a graph that differs from torch is refused."""
-    from train.export import graphs as export
+    from clips4rt.export import graphs as export
 
     model, name, mean, std = tiny_clip
     real = export._onnx_export

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from train.models.clip_loader import activation, load_clip, needs_quick_gelu  # noqa: E402
+from clips4rt.export.clip_loader import activation, load_clip, needs_quick_gelu  # noqa: E402
 
 
 def test_openai_tags_need_quick_gelu():
@@ -54,7 +54,7 @@ def test_loader_builds_quick_gelu_for_a_quick_gelu_tag(tagged_tiny):
 
 
 def test_quick_gelu_mismatch_is_an_error(tagged_tiny, monkeypatch):
-    import train.models.clip_loader as loader
+    import clips4rt.export.clip_loader as loader
 
     monkeypatch.setattr(loader, "needs_quick_gelu", lambda name, pretrained: False)
     with pytest.raises(ValueError, match="QuickGELU mismatch"):

@@ -39,7 +39,7 @@ def test_run_shapes_and_ranges(seg, rng):
 def test_labels_match_a_torch_pipeline(bundles, tiny_clip, rng):
     """What the runtime returns equals the same computation done in torch."""
     torch = pytest.importorskip("torch")
-    from train.models.dense_clip import CLIPText, DenseCLIPImage
+    from clips4rt.export.dense_clip import CLIPText, DenseCLIPImage
 
     model, _, mean, std = tiny_clip
     seg = clips4rt.Segmenter(bundles["sclip"])

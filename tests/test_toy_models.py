@@ -17,8 +17,8 @@ def test_teacher_loads_through_open_clip_and_knows_the_toy_world():
     pytest.importorskip("open_clip")
     import torch
 
+    from clips4rt.export.clip_loader import load_clip
     from train import toyworld
-    from train.models.clip_loader import load_clip
     from train.toyworld.teacher import presence_recall
 
     model, name, _, _ = load_clip(
@@ -95,10 +95,10 @@ def test_default_bundle_is_the_student_and_beats_its_teacher():
     import torch
 
     import clips4rt
+    from clips4rt.export.clip_loader import load_clip
     from train import toyworld
     from train.evaluate.metrics import confusion, summarize
     from train.export import export_dense_clip
-    from train.models.clip_loader import load_clip
 
     unknown = list(toyworld.UNKNOWN_CLASSES)
 

@@ -288,7 +288,7 @@ def test_committed_teacher_knows_the_things():
     pytest.importorskip("open_clip")
     import open_clip
 
-    from train.models.clip_loader import load_clip
+    from clips4rt.export.clip_loader import load_clip
     from train.toyworld.teacher import measure
 
     model, name, _, _ = load_clip(

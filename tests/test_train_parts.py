@@ -197,14 +197,14 @@ def test_unknown_prototypes_in_text_space_cross_the_modality_gap():
 )
 def test_students_give_unit_embeddings_at_their_stride(backbone, stride):
     pytest.importorskip("timm")
-    from train.models.student import build_student
+    from clips4rt.export.student import build_student
 
     visual = None
     if backbone == "vit":
         pytest.importorskip("open_clip")
         from pathlib import Path
 
-        from train.models.clip_loader import load_clip
+        from clips4rt.export.clip_loader import load_clip
 
         cfg = Path(__file__).resolve().parents[1] / "train" / "assets" / "toy-teacher.json"
         visual = load_clip(model_config=cfg)[0].visual  # patch 8 -> student stride 4
@@ -223,7 +223,7 @@ def test_students_give_unit_embeddings_at_their_stride(backbone, stride):
 
 def test_cnn_student_top_stride_16_drops_the_last_stage():
     pytest.importorskip("timm")
-    from train.models.student import build_student
+    from clips4rt.export.student import build_student
 
     torch.manual_seed(0)
     full = build_student("resnet10t", 64, stride=8, width=32)

@@ -1,18 +1,19 @@
 """The training side of clips4rt: CLIP-S4 on unlabeled images with an open_clip teacher,
 export to the runtime's ONNX bundle, evaluation, and the toy world that tests it all
-on a CPU. It runs from a checkout (the wheel ships only the runtime ``clips4rt``).
+on a CPU. It runs from a checkout (the wheel ships the runtime ``clips4rt`` and its
+export, ``clips4rt.export``: open_clip loading, the teacher's training-free dense modes,
+the CLIP-S4 students, which this package imports from there).
 
 Sub-packages, each importing only those listed before it (and ``clips4rt``/``kernels``):
 
-- ``train.models``: open_clip loading (real weights or a config JSON), the teacher's
-  training-free dense modes (a registry), the CLIP-S4 students.
 - ``train.toyworld``: the procedural toy world (scenes, captions, masks, the split)
   and the pretraining of its small CLIP teacher.
 - ``train.evaluate``: VOC-style folders, mIoU of any bundle on them, and validation of
   a student in torch during training.
 - ``train.method``: CLIP-S4 itself: config and presets, data sources, augmentation,
   segments, prototypes, losses, the training loop (``python -m train``).
-- ``train.export``: checkpoint or CLIP -> ONNX bundle, and the embedded default bundle.
+- ``train.export``: ``clips4rt.export`` with the checkout's paths, the embedded default
+  bundle, score calibration, the on-device match graph.
 
 Shared by all of them: ``train.checkpoint`` (weights-only checkpoint files),
 ``train.schedule`` (the learning-rate schedule), ``train.kmeans`` (spherical k-means).

@@ -1,5 +1,5 @@
 import sys
 
-from train.export.cli import main
+from train.export import main
 
 sys.exit(main())

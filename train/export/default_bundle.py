@@ -29,9 +29,9 @@ from pathlib import Path
 from PIL import Image
 
 import clips4rt
+from clips4rt.export.clip_loader import load_clip
+from clips4rt.export.graphs import export_dense_clip, export_student
 from train import ASSETS, toyworld
-from train.export.graphs import export_dense_clip, export_student
-from train.models.clip_loader import load_clip
 
 RUNTIME = Path(clips4rt.__file__).resolve().parent  # the checkout's runtime package
 MODELS = RUNTIME / "models"

@@ -60,10 +60,10 @@ class Teacher:
     """Frozen open_clip CLIP: dense image features + text prototypes."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
+        from clips4rt.export.clip_loader import load_clip
+        from clips4rt.export.dense_clip import DenseCLIPImage
         from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
         from train.method.prototypes import text_prototypes
-        from train.models.clip_loader import load_clip
-        from train.models.dense_clip import DenseCLIPImage
 
         model, self.name, mean, std = load_clip(
             cfg.clip, resolve_path(cfg.pretrained), resolve_path(cfg.model_config)
@@ -249,10 +249,10 @@ def train(
 
 def _train(cfg, out, resume, stop_after, rank, world, device, gen) -> Path:
     """``train`` in its checked, locked folder."""
+    from clips4rt.export.student import build_student
     from train.method.data import make_source
     from train.method.logger import LOSSES, MetricsLog
     from train.method.prototypes import UnknownPrototypes
-    from train.models.student import build_student
 
     teacher = Teacher(cfg, device)
     validator = _validator(cfg, teacher) if cfg.val and rank == 0 else None

@@ -1,4 +1,4 @@
-"""CLIP-S4 losses (DESIGN.md): pixel-segment contrastive, embedding consistency,
+"""CLIP-S4 losses: pixel-segment contrastive, embedding consistency,
 semantic consistency over known + unknown prototypes."""
 
 from __future__ import annotations

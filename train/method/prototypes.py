@@ -1,7 +1,7 @@
 """Known and unknown prototypes for the semantic consistency loss.
 
 Known prototypes: text embeddings of the known class names, prompt-ensembled
-(templates averaged per class, DESIGN.md), fixed.
+(templates averaged per class, as in the CLIP-S4 paper), fixed.
 
 Unknown prototypes (how they are learned): a teacher segment feature is
 "unexplained" when the teacher's softmax over the *known* prototypes gives its best

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from clips4rt.bundle import OPENAI_MEAN, OPENAI_STD
+from clips4rt.export.clip_loader import preprocess_stats
 from train import ASSETS, CONFIGS
-from train.models.clip_loader import preprocess_stats
 from train.schedule import warmup_cosine
 from train.toyworld import world as toyworld
 
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.measure:
-        from train.models.clip_loader import load_clip
+        from clips4rt.export.clip_loader import load_clip
 
         model, name, _, _ = load_clip(model_config=args.config, pretrained=args.measure)
         import open_clip

@@ -1,6 +1,6 @@
 """Toy world: procedural scenes with exact per-pixel class masks and captions.
 
-The offline stand-in for real images + a real CLIP (DESIGN.md). 6 "stuff" classes
+The offline stand-in for real images + a real CLIP (README: toy world). 6 "stuff" classes
 (large textured regions) and 14 "thing" classes (shapes with their own colours and
 textures); each scene has 1-2 stuff regions and 1-4 things with occlusion, scale and
 position variety, and lighting / colour-cast / noise variation. Colour alone names no

@@ -71,6 +71,8 @@ def load_clip(
             f"unknown open_clip model {name!r}. Similar: {close or 'none'}; "
             "see open_clip.list_models()"
         )
+    if isinstance(pretrained, Path) or (pretrained and pretrained.startswith("~")):
+        pretrained = str(Path(pretrained).expanduser())  # a path; a tag stays as it is
     if pretrained is not None and Path(pretrained).suffix in CHECKPOINT_SUFFIXES:
         if not Path(pretrained).is_file():
             raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
@@ -94,6 +96,21 @@ def load_clip(
         raise ValueError(f"cannot create {name!r} with pretrained={pretrained!r}: {e}") from e
     model.eval()
     return (model, name, *preprocess_stats(model))
+
+
+def download_weights(name: str, tag: str) -> str:
+    """The local path of open_clip's pretrained weights ``name`` / ``tag``, downloaded
+    into open_clip's cache first when they are not there yet."""
+    import open_clip
+    from open_clip import pretrained as table
+
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; see `clips4rt models`")
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"open_clip has no pretrained {tag!r} for {name}; its tags: {tags}")
+    return table.download_pretrained(cfg)
 
 
 def needs_quick_gelu(name: str, pretrained: str | None) -> bool:

@@ -1,5 +1,6 @@
-"""``python -m train.export``: the command line over ``train.export.graphs`` (export a
-CLIP or a CLIP-S4 checkpoint, optionally int8 with ``train.export.quantize``)."""
+"""``clips4rt export`` (and ``python -m train.export`` in a checkout): the command line
+over ``clips4rt.export.graphs`` (export a CLIP or a CLIP-S4 checkpoint, optionally int8
+with ``clips4rt.export.quantize``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-from train.export import graphs as G
-from train.export.graphs import TEMPLATE_SETS, TOLERANCE, export_dense_clip, export_student
+from clips4rt.export import graphs as G
+from clips4rt.export.graphs import TEMPLATE_SETS, TOLERANCE, export_dense_clip, export_student
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m train.export",
+        prog=prog,
         description=G.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,9 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _int8(args, out: Path) -> dict:
-    """Quantize the float bundle just written at ``out`` (train.export.quantize)."""
+    """Quantize the float bundle just written at ``out`` (clips4rt.export.quantize)."""
     import clips4rt
-    from train.export.quantize import calibration_frames, quantize_image_graph
+    from clips4rt.export.quantize import calibration_frames, quantize_image_graph
 
     seg = clips4rt.Segmenter(out, providers=["CPUExecutionProvider"])
     frames = calibration_frames(args.calibration, args.calibration_count, seg)
@@ -83,9 +84,9 @@ def _negatives(text: str | None) -> tuple[str, ...] | None:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
-def _export(args, out: Path, background: tuple[str, ...]):
+def _export(args, out: Path, background: tuple[str, ...], resolve):
     """The float bundle at ``out``: (BundleInfo, parity errors)."""
-    from train.models.clip_loader import load_clip
+    from clips4rt.export.clip_loader import load_clip
 
     common = dict(input_size=args.input_size, fp16=args.fp16, threshold=args.threshold,
                   background=background, fp16_weights=args.fp16_weights,
@@ -93,7 +94,7 @@ def _export(args, out: Path, background: tuple[str, ...]):
                   negatives=_negatives(args.negatives))  # fmt: skip
     if args.checkpoint:
         return export_student(args.checkpoint, out, templates=args.templates,
-                              window=args.window or 0, **common)  # fmt: skip
+                              window=args.window or 0, resolve=resolve, **common)  # fmt: skip
     model, name, mean, std = load_clip(args.clip, args.pretrained, args.model_config)
     return export_dense_clip(
         model, name, args.pretrained, mean, std, args.dense, out,
@@ -102,14 +103,18 @@ def _export(args, out: Path, background: tuple[str, ...]):
     )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, prog: str = "clips4rt export", resolve=G.expand_path
+) -> int:
+    """``resolve``: how a checkpoint's recorded teacher paths become files (see
+    ``export_student``)."""
     import shutil
     import tempfile
 
-    from train.export.quantize import calibration_files
-    from train.models.dense_clip import DENSE_MODES
+    from clips4rt.export.dense_clip import DENSE_MODES
+    from clips4rt.export.quantize import calibration_files
 
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     if args.dense not in DENSE_MODES:
         print(
             f"error: unknown --dense {args.dense!r}; choose one of {tuple(DENSE_MODES)}",
@@ -132,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     stage = None
     try:
         if not args.int8:
-            info, errs = _export(args, out, background)
+            info, errs = _export(args, out, background, resolve)
             return _report(out, info, errs)
         calibration_files(args.calibration, args.calibration_count)  # before any export
         # float export and quantization in a hidden folder beside out: a failure leaves
         # no float bundle under the int8 bundle's name
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.stem}.int8-"))
-        info, errs = _export(args, stage / out.name, background)
+        info, errs = _export(args, stage / out.name, background, resolve)
         rep = _int8(args, stage / out.name)
         os.replace(stage / info.text_model, out.with_name(info.text_model))
         os.replace(stage / out.name, out)

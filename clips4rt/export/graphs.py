@@ -1,7 +1,8 @@
-"""Export a clips4rt bundle: image graph + text graph + metadata (DESIGN.md).
+"""Export a clips4rt bundle: image graph + text graph + metadata (the bundle format:
+``clips4rt.bundle``).
 
-    python -m train.export --clip ViT-B-16 --pretrained openai --dense sclip -o model.onnx
-    python -m train.export --model-config tiny.json --dense maskclip -o model.onnx
+    clips4rt export --clip ViT-B-16 --pretrained openai --dense sclip -o model.onnx
+    clips4rt export --model-config tiny.json --dense maskclip -o model.onnx
 
 After writing, both graphs run in onnxruntime against the torch modules on
 random inputs at two image sizes; the export fails if the relative error
@@ -28,15 +29,52 @@ import torch
 from torch import nn
 
 from clips4rt import bundle as B
+from clips4rt.export.checkpoint import load as load_checkpoint
 from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from clips4rt.tokenizer import tokenize
 from clips4rt.window import check_window
-from train.checkpoint import load as load_checkpoint
 
 OPSET = 17
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "fp16-weights": 5e-3}
 FP16_WEIGHTS_MIN = 1024  # initializers with fewer elements stay float32
 TEMPLATE_SETS = {"imagenet": IMAGENET_TEMPLATES, "simple": SIMPLE_TEMPLATES}
+
+#: what the export reads of a training checkpoint's config, with the defaults of
+#: train.method.config.TrainConfig (the training package, absent from the wheel; a test
+#: keeps the two equal) for checkpoints written before a field existed
+STUDENT_FIELDS = {
+    "clip": None,
+    "model_config": "train/assets/toy-teacher.json",
+    "pretrained": "train/assets/toy-teacher.pt",
+    "templates": "simple",
+    "backbone": "resnet10t",
+    "stride": 8,
+    "decoder_width": 128,
+    "decoder_norm": "bn",
+    "top_stride": 16,
+    "teacher_size": 128,
+}
+
+
+def expand_path(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser())
+
+
+def student_config(ckpt: dict, path) -> dict:
+    """The checkpoint's config fields the export needs, type-checked (the file is
+    untrusted input: a wrong type is a clear error, not a crash deep in a model)."""
+    cfg = ckpt["config"]
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: its config is not a mapping")
+    out = {}
+    for k, default in STUDENT_FIELDS.items():
+        v = cfg.get(k, default)
+        want = int if isinstance(default, int) else str
+        ok = isinstance(v, want) and not isinstance(v, bool) or (v is None and want is str)
+        if not ok:
+            raise ValueError(f"{path}: config field {k!r} is {v!r}, not a {want.__name__}")
+        out[k] = v
+    return out
 
 
 def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, names, axes) -> None:
@@ -273,8 +311,8 @@ def export_dense_clip(
     (SCLIP's 336 for 224), 2x native without. ``negatives``: the negative vocabulary
     (None = ``clips4rt.background.STUFF_NEGATIVES``; () = none)."""
     from clips4rt.background import STUFF_NEGATIVES
-    from train.models.clip_loader import activation
-    from train.models.dense_clip import CLIPText, DenseCLIPImage
+    from clips4rt.export.clip_loader import activation
+    from clips4rt.export.dense_clip import CLIPText, DenseCLIPImage
 
     image = DenseCLIPImage(model.visual, mode, mean, std)
     text = CLIPText(model)
@@ -323,39 +361,40 @@ def export_student(
     window=0,
     window_stride=0,
     negatives=None,
+    resolve=expand_path,
 ):
     """Export a CLIP-S4 training checkpoint: the student image graph + the teacher's
-    text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash)."""
-    from train import resolve_path
-    from train.method.config import TrainConfig
-    from train.models.clip_loader import activation, load_clip
-    from train.models.dense_clip import CLIPText
-    from train.models.student import UInt8Input, build_student
+    text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash).
+    ``resolve`` maps the teacher paths the checkpoint records to files (a checkout's
+    ``train.resolve_path`` also finds its toy assets from any folder)."""
+    from clips4rt.export.clip_loader import activation, load_clip
+    from clips4rt.export.dense_clip import CLIPText
+    from clips4rt.export.student import UInt8Input, build_student
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)  # weights_only: refuses files that could run code
     if "model_hash" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a clips4rt training checkpoint (python -m train)")
-    cfg = TrainConfig(**ckpt["config"])
+    cfg = student_config(ckpt, path)
     model, name, mean, std = load_clip(
-        cfg.clip, resolve_path(cfg.pretrained), resolve_path(cfg.model_config)
+        cfg["clip"], resolve(cfg["pretrained"]), resolve(cfg["model_config"])
     )
     # the statistics the student was trained with (the teacher's, recorded in the
     # checkpoint): the bundle normalises pixels exactly as training did
     mean = tuple(float(v) for v in ckpt["teacher"].get("mean", mean))
     std = tuple(float(v) for v in ckpt["teacher"].get("std", std))
     student = build_student(
-        cfg.backbone,
+        cfg["backbone"],
         int(model.visual.output_dim),
         model.visual,
-        cfg.stride,
-        cfg.decoder_width,
-        norm=cfg.decoder_norm,
-        top_stride=cfg.top_stride,
+        cfg["stride"],
+        cfg["decoder_width"],
+        norm=cfg["decoder_norm"],
+        top_stride=cfg["top_stride"],
     )
     student.load_state_dict(ckpt["model"])
     image = UInt8Input(student.eval(), mean, std)
-    templates = templates or cfg.templates
+    templates = templates or cfg["templates"]
     info = _clip_info(
         model,
         mean,
@@ -369,14 +408,14 @@ def export_student(
         window=int(window or 0),
         window_stride=int(window_stride or 0),
         stride=int(student.stride),
-        input_size=int(input_size or cfg.teacher_size),
+        input_size=int(input_size or cfg["teacher_size"]),
         known_classes=tuple(ckpt["teacher"]["known_classes"]),
         provenance={
             "teacher": name,
-            "pretrained": cfg.pretrained,
+            "pretrained": cfg["pretrained"],
             "steps": int(ckpt["step"]),
             "config_hash": ckpt["model_hash"],
-            "backbone": cfg.backbone,
+            "backbone": cfg["backbone"],
             "checkpoint": path.name,
             "activation": activation(model),
         },

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.models.dense_clip import block_forward, resample_pos_embed
+from clips4rt.export.dense_clip import block_forward, resample_pos_embed
 
 CNN_BACKBONES = (
     "resnet10t",
