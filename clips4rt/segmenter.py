@@ -116,7 +116,9 @@ class Segmenter:
             default 2048 x 2048. Raise it only if the model and memory allow.
         cache_dir: folder for an on-disk cache of prompt embeddings (keyed by the
             text graph's sha256, the templates and the class name), so that a
-            restarted app skips the text graph; None = in memory only.
+            restarted app skips the text graph; None = in memory only; "auto"
+            (default) = ``<cache home>/text`` for a model given by name or URL (it
+            lives in that cache already), in memory only for a bundle's path.
         postprocess: "cpu" (the C++ kernels on the host), "graph" (matching and
             upsampling inside onnxruntime, the embeddings never leaving the device:
             ``clips4rt.device``), or "auto" (default): "graph" on CUDA/TensorRT,
@@ -133,7 +135,7 @@ class Segmenter:
         path=None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
-        cache_dir=None,
+        cache_dir="auto",
         post_threads: int | None = None,
         spin: bool = False,
         max_pixels: int | None | str = "default",
@@ -144,6 +146,8 @@ class Segmenter:
         trt_max_side: int | None = None,
     ):
         self.path = default_model() if path is None else hub.resolve(path)
+        if isinstance(cache_dir, str) and cache_dir == "auto":
+            cache_dir = hub.home() / "text" if hub.is_name(path) or hub.is_url(path) else None
         self.providers = resolve_providers(providers)
         if postprocess not in DV.POSTPROCESS:
             raise ValueError(f"postprocess must be one of {DV.POSTPROCESS}, got {postprocess!r}")

@@ -71,6 +71,13 @@ def test_a_name_is_built_once_with_the_recipe_then_loaded_from_the_cache(tiny_na
     assert info.provenance["weights"] == "float16"  # the recipe's fp16 weights
     r = seg.run(_photo(), ["person", "sky"])
     assert r.labels.shape == (128, 128)
+    # a named model keeps its prompt embeddings in the cache home (a restart skips the
+    # text graph); a bundle given by path keeps them in memory unless told otherwise
+    cached = len(list((hub.home() / "text").rglob("*.npy")))
+    assert cached >= 2
+    by_path = clips4rt.Segmenter(seg.path)
+    by_path.run(_photo(), ["cat"])
+    assert len(list((hub.home() / "text").rglob("*.npy"))) == cached  # "cat" not on disk
     n = len(tiny_named)
     again = clips4rt.Segmenter("tiny-vit/hubtag")  # from the cache: no download, no build
     assert again.path == seg.path and len(tiny_named) == n
