@@ -11,11 +11,13 @@ A class file (``read_classes_file``) has one class a line, its names separated b
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from clips4rt.files import read_regular
 from clips4rt.prompts import MAX_CLASSES, check_classes
 
 MAX_FILE_BYTES = 1 << 20  # a class file
@@ -77,12 +79,17 @@ def read_classes_file(path) -> dict[str, list[str]]:
     the class's), e.g. ``person|man|woman``; blank lines and lines starting with ``#``
     are skipped. UTF-8, at most 1 MiB."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"class file not found: {path}")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ValueError(f"{path} is over {MAX_FILE_BYTES} bytes: is it a class file?")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_FILE_BYTES + 1)
+    try:  # bounded, and a FIFO or device fails at once instead of blocking
+        raw = read_regular(path, MAX_FILE_BYTES, whole=True)
+    except OSError as e:
+        if e.errno == errno.EFBIG:
+            msg = f"{path} is over {MAX_FILE_BYTES} bytes: is it a class file?"
+            raise ValueError(msg) from None
+        if e.errno == errno.EINVAL:
+            raise ValueError(f"{path} is not a regular file: give a text file") from None
+        raise
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

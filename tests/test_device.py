@@ -38,7 +38,8 @@ def test_graph_postprocessing_equals_the_cpp_path():
             total += a.labels.size
             assert b.labels.dtype == np.int32 and b.labels.shape == frame.shape[:2]
             np.testing.assert_allclose(b.similarity, a.similarity, atol=2e-5)
-            np.testing.assert_allclose(b.scores, a.scores, atol=2e-4)
+            np.testing.assert_allclose(b.scores, a.scores, atol=2e-5)  # probabilities, ORT graph vs
+            # C++ float32 (measured 1.3e-6)
             if threshold:
                 assert (b.labels == -1).any()
     assert same / total >= 0.9999, same / total

@@ -126,11 +126,12 @@ def test_absolute_scores_do_not_depend_on_what_else_is_asked(toy):
     others = toy.run(scene.image, ["sand", "car", "pyramid"], negatives=False)
     np.testing.assert_array_equal(others.probability("car"), alone)
     assert alone[scene.mask == car].mean() > 0.5 > alone[scene.mask != car].mean()
-    syn = toy.run(scene.image, {"vehicle": ["car", "kite"], "sand": ["sand"]})
+    syn = toy.run(scene.image, {"sand": ["sand"], "vehicle": ["car", "kite"]})  # class 1
     each = np.maximum(alone, toy.run(scene.image, ["kite"]).probability("kite"))
-    np.testing.assert_allclose(syn.probability("vehicle"), each, atol=1e-6)  # its best name
+    np.testing.assert_array_equal(syn.probability("vehicle"), each)  # its best name, exactly
     graph = clips4rt.Segmenter(postprocess="graph").run(scene.image, ["car"])
-    np.testing.assert_allclose(graph.probability("car"), alone, atol=1e-5)
+    np.testing.assert_allclose(graph.probability("car"), alone, atol=1e-5)  # exact here; ORT
+    # graph vs C++ in float32 (ulps of 1 elsewhere)
     windowed = toy.run(scene.image, ["car"], window=4 * toy.info.stride)
     assert not np.allclose(windowed.probability("car"), alone)  # from the windowed embeddings
     with pytest.raises(KeyError):

@@ -60,7 +60,8 @@ def test_labels_match_a_torch_pipeline(bundles, tiny_clip, rng):
     clear = (top2[0] - top2[1]).numpy() > 1e-4  # away from float32 near-ties
     assert clear.mean() > 0.95
     np.testing.assert_array_equal(r.labels[clear], ref[clear])
-    np.testing.assert_allclose(r.similarity, up.max(0).values.numpy(), atol=1e-4)
+    # cosines in [-1, 1], C++ vs torch float32 (dot products of D = 32 terms): measured 2.9e-7
+    np.testing.assert_allclose(r.similarity, up.max(0).values.numpy(), atol=1e-5)
 
 
 def test_background_threshold_and_classes(seg, rng):
@@ -112,7 +113,8 @@ def test_run_batch_equals_single_runs(seg, rng):
     for img, r in zip(imgs, batch):
         single = seg.run(img, CLASSES)
         np.testing.assert_array_equal(r.labels, single.labels)
-        np.testing.assert_allclose(r.scores, single.scores, atol=1e-5)
+        np.testing.assert_allclose(r.scores, single.scores, atol=1e-5)  # exact here; a batch may
+        # take other GEMM blocking in ORT than one image (ulps of 1)
 
 
 def test_overlay_has_legend(seg, rng):

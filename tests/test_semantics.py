@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 
+import clips4rt
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
@@ -61,6 +63,43 @@ def test_warmup_cosine_values():
             3: 2.0 * 0.5 * (1 + math.cos(math.pi * 0.3)), 5: 1.0, 10: 0.0, 12: 0.0}  # fmt: skip
     for s, v in want.items():
         assert seen[s] == pytest.approx(v, abs=1e-12), s
+    # the edges: one step is a valid schedule, none is not; no warmup = full rate at once
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        warmup_cosine(opt, warmup=0, steps=0)
+    one = torch.optim.SGD([p], lr=2.0)
+    warmup_cosine(one, warmup=0, steps=1)
+    assert one.param_groups[0]["lr"] == 2.0  # factor(0) = 1 * (1 + cos 0) / 2
+
+
+def test_unknown_prototypes_form_move_with_momentum_and_survive_old_checkpoints():
+    """Prototypes form once the memory holds 4x their count, then move as
+    normalize(m * old + (1 - m) * new), the new centroids matched to the old ones; text
+    space adds the known-minus-image-mean gap, also for a checkpoint without the mean."""
+    import torch.nn.functional as F
+
+    from train.method.prototypes import UnknownPrototypes
+
+    e = torch.eye(4)
+    unk = UnknownPrototypes(2, 4, memory=64, explain_threshold=2.0, refresh_every=1,
+                            momentum=0.25)  # fmt: skip
+    known = e[2:]  # threshold 2: nothing is explained, every row is kept
+    unk.observe(e[[0, 1, 0]], known, 10.0)  # 3 rows < 4 x 2: nothing forms
+    assert len(unk.protos) == 0
+    unk.observe(e[[1, 0, 1, 0, 1]], known, 10.0)  # 8 rows: two exact clusters
+    got = sorted(unk.protos.tolist())
+    assert torch.allclose(torch.tensor(got), e[[1, 0]], atol=1e-6)
+    old = unk.protos.clone()
+    moved = F.normalize(e[0] + e[2], dim=0)  # cluster of e0 moves towards e2
+    unk.memory = torch.stack([moved] * 4 + [e[1]] * 4)
+    unk.refresh()
+    for i in range(2):  # each prototype from its matched new centroid
+        new = moved if old[i, 0] > 0.5 else e[1]
+        want = F.normalize(0.25 * old[i] + 0.75 * new, dim=0)
+        torch.testing.assert_close(unk.protos[i], want, atol=1e-6, rtol=0)
+    text = UnknownPrototypes(2, 4, space="text")
+    text.load_state_dict({"memory": unk.memory, "protos": unk.protos, "updates": 2})
+    gap = known.mean(0)  # no image mean recorded: the gap is the known mean alone
+    torch.testing.assert_close(text.prototypes(known), F.normalize(unk.protos + gap, dim=-1))
 
 
 class _FakeSeg:
@@ -109,6 +148,121 @@ def test_unsupervised_and_probe_find_a_known_answer():
     assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
     conf = eval_probe(seg, data, 4, epochs=200)
     assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
+
+
+def test_probe_uses_the_sign_of_embeddings_and_the_report_marks_unknown_classes(monkeypatch):
+    """Classes told apart by the sign of one coordinate only (+e0 / -e0, +e1 / -e1): a
+    linear probe on the embeddings separates them; any even function of the embeddings
+    could not. The markdown report labels each class's split."""
+    from train.evaluate import modes
+    from train.evaluate.metrics import summarize
+
+    class Signed(_FakeSeg):
+        def embed_image(self, image, size=None, **kw):
+            labels = image[..., 0].astype(int)
+            emb = np.zeros((2, *labels.shape), np.float32)
+            for k in range(4):
+                emb[k // 2][labels == k] = 1.0 if k % 2 == 0 else -1.0
+            return emb
+
+    data = _FakeData()
+    conf = modes.eval_probe(Signed(None), data, 4, epochs=200)
+    assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
+    report = {"mode": "probe", "miou": 1.0, "miou_known": 1.0, "miou_unknown": 1.0, "hm": 1.0,
+              "pixel_accuracy": 1.0, "per_class": {"c0": 10.0, "c1": None},
+              "unknown_classes": ["c1"]}  # fmt: skip
+    text = modes.markdown(report)
+    assert "| c0 | 10.0 | known |" in text and "| c1 | - | unknown |" in text
+    # --templates simple reaches the evaluation as the one simple template
+    seen = {}
+    monkeypatch.setattr(modes, "evaluate", lambda *a, **k: seen.update(templates=a[5]) or report)
+    modes.main(["--model", "m.onnx", "--data", "d", "--templates", "simple"])
+    assert seen["templates"] == ["a photo of a {}."]  # evaluate(model, data, mode, unknown,
+    modes.main(["--model", "m.onnx", "--data", "d"])  # size, templates, ...)
+    assert seen["templates"] is None  # the bundle's own
+
+
+def test_thresholds_are_probabilities_in_the_closed_interval():
+    from clips4rt.background import class_thresholds
+
+    assert class_thresholds(1.0, ["a"], 0.0) == (1.0, None)
+    assert class_thresholds(0.0, ["a"], 0.5) == (0.0, None)
+    _, per = class_thresholds({"a": 1.0, "b": 0}, ["a", "b", "c"], 0.25)
+    assert per.tolist() == [1.0, 0.0, 0.25]
+    for bad in (1.0000001, -1e-9, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="probability in \\[0, 1\\]"):
+            class_thresholds(bad, ["a"], 0.0)
+
+
+def test_windows_run_sixteen_crops_a_graph_call_and_name_their_count():
+    from clips4rt.window import MAX_WINDOWS, embed_windows
+
+    calls = []
+
+    def embed(batch):  # a fake graph: stride 8, D = 2
+        calls.append(len(batch))
+        return np.ones((len(batch), 2, batch.shape[1] // 8, batch.shape[2] // 8), np.float32)
+
+    img = np.zeros((40, 40, 3), np.uint8)
+    out = embed_windows(embed, img, 16, 8, 8)  # origins 0, 8, 16, 24 per side: 16 crops
+    assert calls == [16] and out.shape == (2, 5, 5) and np.all(out == 1)
+    calls.clear()
+    embed_windows(embed, np.zeros((40, 48, 3), np.uint8), 16, 8, 8)  # 4 x 5 = 20 crops
+    assert calls == [16, 4]
+    side = 8 * 33 + 8  # 33 x 33 = 1089 crops of 16 px at stride 8
+    assert 33 * 33 > MAX_WINDOWS
+    with pytest.raises(ValueError, match="^1089 windows of 16 px at stride 8 on a 272x272"):
+        embed_windows(embed, np.zeros((side, side, 3), np.uint8), 16, 8, 8)
+
+
+def test_graph_contract_names_dimensions_and_types():
+    """check_graphs on stand-in sessions: each broken part of the contract is refused."""
+    from types import SimpleNamespace as NS
+
+    from clips4rt.bundle import check_graphs
+
+    def port(name, shape, type="tensor(float)"):
+        return NS(name=name, shape=shape, type=type)
+
+    def sess(ins, outs):
+        return NS(get_inputs=lambda: ins, get_outputs=lambda: outs)
+
+    info = NS(embed_dim=8, context_length=77, stride=16)
+
+    def check(img_in=("image", "tensor(uint8)"), img_out=("embeddings", 8),
+              txt_out=("text_embeddings", 8)):  # fmt: skip
+        image = sess([port(img_in[0], [None, None, None, 3], img_in[1])],
+                     [port(img_out[0], [None, img_out[1], None, None])])  # fmt: skip
+        text = sess([port("tokens", [None, 77], "tensor(int32)")],
+                    [port(txt_out[0], [None, txt_out[1]])])  # fmt: skip
+        check_graphs(image, text, info, "m.onnx", probe=False)
+
+    check()  # the contract itself passes
+    for kw, match in (
+        ({"img_in": ("frame", "tensor(uint8)")}, "image graph has inputs \\['frame'\\]"),
+        ({"img_in": ("pixels", "tensor(uint8)")}, "image graph has inputs \\['pixels'\\]"),
+        ({"img_out": ("features", 8)}, "outputs \\['features'\\]"),
+        ({"txt_out": ("text", 8)}, "text graph has inputs"),
+        ({"img_out": ("embeddings", 4)}, "has 4 along axis 1 but the metadata says embed_dim = 8"),
+        ({"img_out": ("embeddings", 16)}, "has 16 along axis 1"),
+        ({"img_in": ("image", "tensor(float)")}, "takes tensor\\(float\\)"),
+    ):
+        with pytest.raises(clips4rt.BundleError, match=match):
+            check(**kw)
+
+
+def test_metadata_checks_do_not_depend_on_interned_keys():
+    """Metadata keys come from onnxruntime as fresh strings: each field's check must run
+    for them (an identity test of the key would skip it)."""
+    from clips4rt.bundle import PREFIX, BundleInfo
+
+    props = clips4rt.Segmenter().info.to_metadata()
+    fresh = {"".join(list(k)): v for k, v in props.items()}
+    assert BundleInfo.from_metadata(fresh, "m").precision == "fp32"
+    fresh = {"".join(list(k)): v for k, v in props.items()}
+    fresh[PREFIX + "precision"] = '"fp8"'  # JSON values, as the exporter writes them
+    with pytest.raises(clips4rt.BundleError, match="precision.*fp32, fp16, int8"):
+        BundleInfo.from_metadata(fresh, "m")
 
 
 def test_model_hash_is_pinned():

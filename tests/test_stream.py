@@ -96,6 +96,36 @@ def test_stream_memory_is_bounded_and_close_stops_the_worker(seg, rng):
     assert len(pulled) == n  # nothing is read after close
 
 
+def test_stream_reads_ahead_by_prefetch_frames_two_by_default(seg):
+    """After the first result the worker runs ahead by a fixed number of frames plus
+    ``prefetch`` (the queue) and stops there; the default behaves as the documented
+    prefetch=2."""
+    import time
+
+    frame = np.zeros((48, 64, 3), np.uint8)
+
+    def ahead(**kw) -> int:
+        pulled = []
+
+        def endless():
+            while True:
+                pulled.append(1)
+                yield frame
+
+        it = seg.stream(endless(), CLASSES, **kw)
+        next(it)
+        seen, t0 = -1, time.monotonic()
+        while len(pulled) != seen and time.monotonic() - t0 < 20:
+            seen = len(pulled)
+            time.sleep(1.0)  # no growth for a second: the worker waits on the full queue
+        it.close()
+        return seen
+
+    two = ahead(prefetch=2)
+    assert ahead(prefetch=1) == two - 1 and ahead(prefetch=3) == two + 1
+    assert ahead() == two
+
+
 def test_stream_checks_options_at_once(seg):
     with pytest.raises(ValueError, match="duplicate"):
         seg.stream([], ["a", "a"])
@@ -152,6 +182,7 @@ def test_disk_cache_ignores_and_rewrites_corrupt_files(bundles, tmp_path):
     np.save(files[1], np.full(good.shape[1], np.nan, np.float32))
     np.save(files[2], np.ones(3, np.float32))
     fresh = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
+    # 3 recomputed in another batch than the first time: ulps at most (exact here)
     np.testing.assert_allclose(fresh.text_embeddings(CLASSES), good, rtol=0, atol=1e-6)
     again = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
     for f in files[:3]:  # rewritten with valid vectors
@@ -162,11 +193,12 @@ def test_disk_cache_ignores_and_rewrites_corrupt_files(bundles, tmp_path):
 
 def test_disk_cache_is_keyed_by_the_text_graph(bundles, tmp_path):
     a = clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path)
-    b = clips4rt.Segmenter(bundles["sclip"], cache_dir=tmp_path)
-    a.text_embeddings(CLASSES)
-    b.text_embeddings(CLASSES)
-    if a.info.text_model_sha256 != b.info.text_model_sha256:
-        assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+    b = clips4rt.Segmenter(bundles["sclip"], cache_dir=tmp_path)  # the same text graph
+    toy = clips4rt.Segmenter(cache_dir=tmp_path)  # the embedded model: another one
+    assert a.info.text_model_sha256 == b.info.text_model_sha256 != toy.info.text_model_sha256
+    for seg in (a, b, toy):
+        seg.text_embeddings(CLASSES)
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2  # shared, and kept apart
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="cache_dir"):
         clips4rt.Segmenter(bundles["maskclip"], cache_dir=tmp_path / "a_file" / "sub")

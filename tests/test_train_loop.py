@@ -60,7 +60,8 @@ def test_crop_targets_with_centring_train_and_resume_exactly(tmp_path):
     resumed = torch.load(train(cfg, resume=True), weights_only=True)
     for k, v in full["model"].items():
         torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
-    torch.testing.assert_close(resumed["centering"]["center"], full["centering"]["center"])
+    torch.testing.assert_close(resumed["centering"]["center"], full["centering"]["center"],
+                               rtol=0, atol=0)  # resume is bit-exact on the CPU  # fmt: skip
     dense = _cfg(tmp_path / "e", "--teacher_targets=dense", "--teacher_center=0")
     hashes = {c.model_hash() for c in (cfg, _cfg(tmp_path / "d"), dense)}
     assert len(hashes) == 3
@@ -191,7 +192,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data):
     b = torch.load(tmp_path / "ddp" / "step_0000002.pt", weights_only=True)
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=1e-4, msg=k)
-    torch.testing.assert_close(b["unknown"]["memory"], a["unknown"]["memory"])
+    torch.testing.assert_close(b["unknown"]["memory"], a["unknown"]["memory"], atol=1e-6, rtol=0)
+    # unit features, gathered over ranks vs one process: ulps (measured 6e-8)
     if data == "folder":
         best = [torch.load(tmp_path / d / "best.pt", weights_only=True) for d in ("one", "ddp")]
         assert best[0]["step"] == best[1]["step"] and best[0]["val"] and best[1]["val"]
@@ -270,5 +272,6 @@ def test_views_normalise_with_the_given_statistics():
     pixels_b = b * torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1) + torch.tensor(
         [0.1, 0.2, 0.3]
     ).view(1, 3, 1, 1)
-    torch.testing.assert_close(pixels_a, pixels_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels_a, pixels_b, atol=1e-6, rtol=0)  # values <= ~3: ulps
+    # of float32 (2.4e-7 at 2; measured 3e-8)
     assert not torch.allclose(a, b)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -82,13 +84,36 @@ def test_classes_file(tmp_path, toy, scene, capsys):
     got = read_classes_file(f)
     assert got == {"water": ["water", "sea"], "land": ["land", "grass", "sand", "brick wall"],
                    "sky": ["sky"], "thing": ["thing", "car", "tree", "ball"]}  # fmt: skip
-    for text, match in (("a||b\n", "empty name"), ("a\na|b\n", "twice"), ("# only\n", "no class")):
+    for text, match in (("a||b\n", "empty name"), ("a|x\na|b\n", "class 'a' is given twice"),
+                        ("# only\n", "no class")):  # fmt: skip
         f.write_text(text)
         with pytest.raises(ValueError, match=match):
             read_classes_file(f)
     f.write_bytes(b"\xff\xfe")
     with pytest.raises(ValueError, match="UTF-8"):
         read_classes_file(f)
+    # the documented bound, 1 MiB: a file of exactly that is read whole, one byte more is
+    # refused before reading; a FIFO is refused at once (it would block a plain read)
+    pad = "#" * (2**20 - len("sky\nstar\n") - 1) + "\n"
+    f.write_text(pad + "sky\nstar\n")
+    assert f.stat().st_size == 2**20 and read_classes_file(f) == {"sky": ["sky"], "star": ["star"]}
+    f.write_text(pad + "sky\nstars\n")
+    with pytest.raises(ValueError, match="over 1048576 bytes"):
+        read_classes_file(f)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    caught = []
+
+    def read_fifo():  # in a thread: a regression would block on open, not hang the suite
+        try:
+            read_classes_file(fifo)
+        except ValueError as e:
+            caught.append(str(e))
+
+    t = threading.Thread(target=read_fifo, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and "not a regular file" in caught[0]
     f.write_text("sky\nland|grass|sand\n")
     from clips4rt.cli import main
 

@@ -102,7 +102,7 @@ def test_run_with_windows_equals_the_windowed_embeddings(toy, rng):
     labels, sims, probs = match_upsample(emb, protos, (120, 200), toy.info.logit_scale,
                                          n_classes=len(CLASSES), threshold=0.3)  # fmt: skip
     np.testing.assert_array_equal(r.labels, labels)
-    np.testing.assert_allclose(r.scores, probs, atol=1e-6)
+    np.testing.assert_allclose(r.scores, probs, atol=1e-6)  # exact here; numpy vs C++ (ulps)
     np.testing.assert_allclose(toy.embed_image(img, window=win), emb, atol=1e-6)
     whole = toy.run(img, CLASSES, threshold=0.3, negatives=False)
     assert (whole.labels != r.labels).mean() > 0.01  # windows change the answer
@@ -120,13 +120,15 @@ def test_windows_in_batch_stream_and_the_graph_matcher(toy, rng):
     for got in (toy.run_batch(frames, CLASSES, **opts), list(toy.stream(frames, CLASSES, **opts))):
         for a, b in zip(got, ref):
             np.testing.assert_array_equal(a.labels, b.labels)
-            np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)  # exact on this CPU; ORT may
+            # block a batch of crops differently from one crop (ulps of 1)
     graph = clips4rt.Segmenter(postprocess="graph")
     for f, b in zip(frames, ref):
         a = graph.run(f, CLASSES, **opts)
         agree = (a.labels == b.labels).mean()
         assert agree > 0.999, agree  # float32 in two kernels: only near-ties may differ
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)  # probabilities from two float32
+        # implementations (ORT graph, C++): a few ulps of 1 apart (measured 2.8e-7)
 
 
 def test_window_errors_in_run(toy, rng):
