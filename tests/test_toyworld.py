@@ -238,7 +238,8 @@ def test_sigmoid_loss_with_several_positives():
     assert positive[:, 1].tolist() == [True, True, False]
     logits = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
     want = F.binary_cross_entropy_with_logits(logits, positive.float(), reduction="sum") / 3
-    torch.testing.assert_close(sigmoid_loss(logits, positive), want)
+    torch.testing.assert_close(sigmoid_loss(logits, positive), want)  # exact here; two
+    # formulations of the same float32 sum (default tolerance)
     good = torch.where(positive, 5.0, -5.0)
     assert sigmoid_loss(good, positive) < sigmoid_loss(-good, positive)
     rng = np.random.default_rng(0)
