@@ -246,22 +246,15 @@ def run_module(lane: Path, module: str, n: int, seed: int) -> dict:
     )
     if db.exists():
         db.unlink()
-    subprocess.run(
-        ["cosmic-ray", "init", str(cfg), str(db)],
-        cwd=lane,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+
+    def cosmic_ray(command: str) -> None:
+        subprocess.run(["cosmic-ray", command, str(cfg), str(db)], cwd=lane, env=env,
+                       check=True, capture_output=True)  # fmt: skip
+
+    cosmic_ray("init")
     pool = _draw(db, module, n, seed)
     t0 = time.monotonic()
-    subprocess.run(
-        ["cosmic-ray", "exec", str(cfg), str(db)],
-        cwd=lane,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    cosmic_ray("exec")
     rows = _results(db, lane, module)
     killed = sum(r["outcome"] == "killed" for r in rows)
     equivalent = sum(r["outcome"] != "killed" and bool(r["equivalent"]) for r in rows)
