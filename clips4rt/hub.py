@@ -141,8 +141,11 @@ def build(name: str, folder: Path, recipe: Recipe | None = None) -> None:
             input_size=recipe.input_size, templates=recipe.templates,
             fp16_weights=recipe.fp16_weights, window=recipe.window,
         )  # fmt: skip
-        if folder.exists():  # an incomplete earlier build (a run killed mid-way)
-            shutil.rmtree(folder)
+        if folder.exists():  # builds land whole, so this is not ours: never deleted
+            raise FileExistsError(
+                f"{folder} exists without model.onnx (not a build of clips4rt's); move it "
+                f"away and run again to build {name}"
+            )
         os.replace(stage, folder)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -86,6 +86,16 @@ def test_a_name_is_built_once_with_the_recipe_then_loaded_from_the_cache(tiny_na
     assert not [p for p in folder.parent.iterdir() if ".build-" in p.name]
 
 
+def test_a_foreign_folder_under_the_name_is_never_deleted(tiny_named):
+    folder = hub.home() / "models" / "tiny-vit--hubtag"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="move it away"):
+        clips4rt.Segmenter("tiny-vit/hubtag")
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not [p for p in folder.parent.iterdir() if ".build-" in p.name]
+
+
 def test_a_cached_name_loads_without_torch(tiny_named, tmp_path):
     clips4rt.Segmenter("tiny-vit/hubtag")
     code = (
