@@ -171,11 +171,14 @@ def test_export_command_from_the_runtime_cli(tiny_config, tmp_path, capsys):
 
 def test_student_export_reads_only_checked_config_fields(tmp_path):
     pytest.importorskip("torch")
-    from clips4rt.export.graphs import STUDENT_FIELDS, student_config
-    from train.method.config import TrainConfig
+    from clips4rt.export.graphs import STUDENT_FIELDS, STUDENT_RANGES, student_config
+    from train.method.config import RANGES, TrainConfig
 
     defaults = TrainConfig()
     assert {k: getattr(defaults, k) for k in STUDENT_FIELDS} == STUDENT_FIELDS
+    assert STUDENT_RANGES == {k: RANGES[k] for k in STUDENT_FIELDS if k in RANGES}
+    with pytest.raises(ValueError, match="'decoder_width' = 1000000000 is outside"):
+        student_config({"config": {"decoder_width": 10**9}}, "c.pt")
     assert student_config({"config": {}}, "c.pt") == STUDENT_FIELDS
     with pytest.raises(ValueError, match="'stride' is '8', not a int"):
         student_config({"config": {"stride": "8"}}, "c.pt")

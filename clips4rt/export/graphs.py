@@ -55,6 +55,10 @@ STUDENT_FIELDS = {
     "teacher_size": 128,
 }
 
+#: bounds of its numbers, as train.method.config.RANGES has them (a test keeps them equal):
+#: a hostile checkpoint cannot make the export allocate a 10^9-channel decoder
+STUDENT_RANGES = {"stride": (1, 64), "decoder_width": (1, 8192), "teacher_size": (16, 4096)}
+
 
 def expand_path(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser())
@@ -73,6 +77,9 @@ def student_config(ckpt: dict, path) -> dict:
         ok = isinstance(v, want) and not isinstance(v, bool) or (v is None and want is str)
         if not ok:
             raise ValueError(f"{path}: config field {k!r} is {v!r}, not a {want.__name__}")
+        lo, hi = STUDENT_RANGES.get(k, (None, None))
+        if lo is not None and not lo <= v <= hi:
+            raise ValueError(f"{path}: config field {k!r} = {v} is outside [{lo}, {hi}]")
         out[k] = v
     return out
 
