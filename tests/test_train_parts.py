@@ -103,6 +103,12 @@ def test_embedding_and_semantic_consistency_hand_checked():
     assert loss.item() == pytest.approx(0.5)
     loss.backward()
     torch.testing.assert_close(v.grad, torch.tensor([[0.0, 0.0], [-0.5, 0.0]]))
+    # three segments in two dimensions, unnormalised: cosines 1, 0, 1/sqrt(2)
+    v3 = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    t3 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    per = [0.0, 1.0, 1.0 - math.sqrt(0.5)]
+    assert embedding_consistency(v3, t3).item() == pytest.approx(sum(per) / 3, abs=1e-6)
+    assert embedding_consistency(v3, t3, "sum").item() == pytest.approx(sum(per), abs=1e-6)
     protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     v2 = torch.tensor([[1.0, 0.0]], requires_grad=True)
     ce = semantic_consistency(v2, torch.tensor([[1.0, 0.0]]), protos, 1.0, 1.0)
