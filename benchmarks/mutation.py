@@ -126,6 +126,14 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
      'if image.get_inputs()[0].type != "tensor(uint8)":'):
         "every other ONNX tensor type's name sorts before tensor(uint8) (no type name "
         "starts after 'u'; uint8 sorts last of the uint types)",
+    ("train/method/prototypes.py", "core/ReplaceUnaryOperator_Delete_USub",
+     "return F.normalize(protos + gap, dim=-1)"): _MD,
+    ("clips4rt/vocab.py", "core/ReplaceComparisonOperator_Eq_Is",
+     "if e.errno == errno.EINVAL:"):
+        "errno values are small ints, which CPython keeps one object each of",
+    ("clips4rt/vocab.py", "core/ReplaceComparisonOperator_Eq_Is",
+     "if e.errno == errno.EFBIG:"):
+        "errno values are small ints, which CPython keeps one object each of",
 }  # fmt: skip
 
 

@@ -97,6 +97,11 @@ def test_unknown_prototypes_form_move_with_momentum_and_survive_old_checkpoints(
         want = F.normalize(0.25 * old[i] + 0.75 * new, dim=0)
         torch.testing.assert_close(unk.protos[i], want, atol=1e-6, rtol=0)  # unit vectors: ulps
         # (exact here; k-means on another CPU may sum in another order)
+    every2 = UnknownPrototypes(2, 4, explain_threshold=2.0, refresh_every=2)
+    every2.observe(e[[0, 1] * 4], known, 10.0)  # enough rows, but the 1st observation
+    assert len(every2.protos) == 0
+    every2.observe(e[[0, 1]], known, 10.0)  # the 2nd: refresh_every = 2
+    assert len(every2.protos) == 2
     text = UnknownPrototypes(2, 4, space="text")
     text.load_state_dict({"memory": unk.memory, "protos": unk.protos, "updates": 2})
     gap = known.mean(0)  # no image mean recorded: the gap is the known mean alone

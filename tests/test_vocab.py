@@ -84,7 +84,7 @@ def test_classes_file(tmp_path, toy, scene, capsys):
     got = read_classes_file(f)
     assert got == {"water": ["water", "sea"], "land": ["land", "grass", "sand", "brick wall"],
                    "sky": ["sky"], "thing": ["thing", "car", "tree", "ball"]}  # fmt: skip
-    for text, match in (("a||b\n", "empty name"), ("a|x\na|b\n", "class 'a' is given twice"),
+    for text, match in (("a||b\n", "empty name"), ("a|x\na|b\n", ":2: class 'a' is given twice"),
                         ("# only\n", "no class")):  # fmt: skip
         f.write_text(text)
         with pytest.raises(ValueError, match=match):
