@@ -1,6 +1,7 @@
 """Bad input gets a typed error whose message names the problem (and the fix)."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -199,10 +200,37 @@ def test_class_names_and_templates_are_bounded(seg):
     assert r.labels.shape == (16, 16)
 
 
-def test_thread_counts_are_bounded(bundles):
+def test_thread_counts_are_bounded(bundles, monkeypatch):
     for bad in (-1, 10000, 2.0, True):
         with pytest.raises(ValueError, match="threads"):
             clips4rt.Segmenter(bundles["maskclip"], threads=bad)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)  # 4x the cores: 32 (past the floor 16)
+    with pytest.raises(ValueError, match="threads=33 is over the limit of 32 "):
+        clips4rt.Segmenter(bundles["maskclip"], threads=33)
+    monkeypatch.undo()
+    assert clips4rt.Segmenter(bundles["maskclip"], post_threads=1024).post_threads == 1024
+    with pytest.raises(ValueError, match="post_threads must be an int in \\[0, 1024\\]"):
+        clips4rt.Segmenter(bundles["maskclip"], post_threads=1025)
+    for name in ("max_input_pixels", "max_pixels"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+            clips4rt.Segmenter(bundles["maskclip"], **{name: 0})
+
+
+def test_size_zero_is_not_a_size(seg):
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        seg.run(np.zeros((16, 16, 3), np.uint8), ["cat"], size=0)
+
+
+def test_a_repeated_plain_question_is_answered_from_the_memo(seg, monkeypatch):
+    img = np.zeros((16, 16, 3), np.uint8)
+    seg.run(img, ["cat", "dog"])
+    calls = []
+    check = seg._check_prompts
+    monkeypatch.setattr(seg, "_check_prompts", lambda *a: calls.append(a) or check(*a))
+    seg.run(img, ["cat", "dog"])
+    seg.run(img, ["cat", "dog"], templates=["a {}."], background=["sky"])
+    seg.run(img, ["cat", "dog"], templates=["a {}."], background=["sky"])
+    assert len(calls) == 1  # the first plain repeat and the second custom one: memo
 
 
 def test_run_batch_splits_large_groups(seg, monkeypatch):
