@@ -56,3 +56,11 @@ def test_hungarian_matches_permuted_clusters():
     conf = confusion(gt, clusters, 3)
     mapping = hungarian_match(conf)
     assert mapping.tolist() == [1, 2, 0]  # cluster 0 -> class 1, 1 -> 2, 2 -> 0
+
+
+def test_hungarian_match_leaves_extra_clusters_unmatched():
+    """3 clusters for 2 classes: each class takes its best cluster, the third is -1
+    (not folded into a class). The confusion is (classes, clusters + 1): the last column
+    counts pixels no cluster claimed."""
+    conf = np.array([[1, 9, 3, 0], [8, 0, 2, 0]])
+    assert hungarian_match(conf).tolist() == [1, 0, -1]
