@@ -46,6 +46,34 @@ def test_every_step_moves_the_weights_by_about_the_learning_rate(tmp_path):
     assert biggest < 5 * lr_used, (biggest, lr_used)
 
 
+def test_gradient_clipping_below_one_changes_the_steps(tmp_path):
+    """clip_grad = 1e-3 (far below the first steps' gradient norms) rescales every
+    gradient, which AdamW's moments then see: the weights after two steps differ from an
+    unclipped run's. clip_grad = 0 is no clipping."""
+    runs = {}
+    for clip in ("0", "0.001"):
+        out = tmp_path / clip
+        train(load_config("toy", [*TINY, f"--out={out}", "--steps=2", f"--clip_grad={clip}"]))
+        runs[clip] = torch.load(out / "step_0000002.pt", weights_only=True)["model"]
+    differ = [k for k, w in runs["0"].items()
+              if w.is_floating_point() and not torch.equal(w, runs["0.001"][k])]  # fmt: skip
+    assert len(differ) > len(runs["0"]) // 4, len(differ)
+
+
+def test_the_teachers_crop_fill_is_mid_grey_in_its_own_normalisation():
+    from train.method.loop import Teacher
+
+    t = Teacher(load_config("toy"), torch.device("cpu"))
+    pixel = t.grey * torch.tensor(t.std) + torch.tensor(t.mean)  # back to [0, 1] pixels
+    torch.testing.assert_close(pixel, torch.full((3,), 0.5), atol=1e-6, rtol=0)  # ulps
+
+
+def test_window_stride_zero_means_half_the_window():
+    from clips4rt.window import check_window
+
+    assert check_window(64, 0, 8) == check_window(64, None, 8) == (64, 32)
+
+
 def test_warmup_cosine_values():
     """factor(s) = min(1, (s+1)/warmup) * (1 + cos(pi * s / steps)) / 2, reaching 0 at
     ``steps`` and staying there: values at chosen steps, from the formula."""
