@@ -172,7 +172,7 @@ def test_size_is_bounded_before_anything_is_allocated(seg):
     with pytest.raises(ValueError, match=r"outside \[8, 4096\]"):
         seg.run(img, ["cat"], size=100000)  # used to allocate until the OOM killer came
     wide = np.zeros((32, 400, 3), np.uint8)  # 2048 x 8192 graph input at size 2048
-    with pytest.raises(ValueError, match="max_input_pixels"):
+    with pytest.raises(ValueError, match=r"8192x2048 = 16777216 pixels .*max_input_pixels"):
         seg.run(wide, ["cat"], size=2048)
     for call in (
         lambda: seg.run_batch([img], ["cat"], size=0),

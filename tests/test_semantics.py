@@ -300,6 +300,20 @@ def test_metadata_checks_do_not_depend_on_interned_keys():
         BundleInfo.from_metadata(fresh, "m")
 
 
+def test_metadata_normalisation_bounds_are_closed():
+    """mean in [-10, 10], std in [1e-6, 100]: the ends are valid, one step past is not."""
+    import json
+
+    from clips4rt.bundle import PREFIX, BundleInfo
+
+    props = clips4rt.Segmenter().info.to_metadata()
+    for key, ok, bad in (("mean", [-10.0, 10.0, 0.0], [-10.5, 0.0, 0.0]),
+                         ("std", [1e-6, 100.0, 1.0], [1.0, 100.5, 1.0])):  # fmt: skip
+        BundleInfo.from_metadata({**props, PREFIX + key: json.dumps(ok)}, "m")
+        with pytest.raises(clips4rt.BundleError, match=key):
+            BundleInfo.from_metadata({**props, PREFIX + key: json.dumps(bad)}, "m")
+
+
 def test_model_hash_is_pinned():
     """Checkpoints carry this hash and --resume / export compare it: a change of the
     formula or of the presets' model fields would orphan every checkpoint written."""
