@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
+from clips4rt.bundle import sha256_file
 from clips4rt.errors import BundleError, DownloadError
 
 HOME_ENV = "CLIPS4RT_HOME"
@@ -191,10 +192,10 @@ def fetch(url: str) -> Path:
     if not (folder / "origin.txt").is_file():
         (folder / "origin.txt").write_text(base + "\n")
     with _Lock(folder / ".lock"):
-        if image.is_file() and (pin is None or _sha256(image) == pin):
+        if image.is_file() and (pin is None or sha256_file(image) == pin):
             return image
         _download(base, folder / f".{fname}.part")
-        got = _sha256(folder / f".{fname}.part")
+        got = None if pin is None else sha256_file(folder / f".{fname}.part")  # only if pinned
         if pin is not None and got != pin:
             (folder / f".{fname}.part").unlink()
             raise BundleError(
@@ -202,10 +203,10 @@ def fetch(url: str) -> Path:
             )
         info = _metadata(folder / f".{fname}.part", base)
         text = folder / info.text_model
-        if not (text.is_file() and _sha256(text) == info.text_model_sha256):
+        if not (text.is_file() and sha256_file(text) == info.text_model_sha256):
             part = folder / f".{info.text_model}.part"
             _download(urljoin(base, info.text_model), part)
-            if _sha256(part) != info.text_model_sha256:
+            if sha256_file(part) != info.text_model_sha256:
                 part.unlink()
                 raise BundleError(
                     f"{urljoin(base, info.text_model)}: sha256 does not match the one in "
@@ -222,12 +223,6 @@ def _origin(folder: Path) -> str:
         return (folder / "origin.txt").read_text()[:2000].strip() or folder.name
     except OSError:
         return folder.name
-
-
-def _sha256(path: Path) -> str:
-    from clips4rt.bundle import sha256_file
-
-    return sha256_file(path)
 
 
 def _metadata(path: Path, source: str):
