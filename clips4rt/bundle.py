@@ -6,8 +6,11 @@ A bundle is two ONNX files side by side:
   ``embeddings`` float32 (B, D, H/stride, W/stride), unit length along D. The
   metadata below lives in its ``metadata_props``, one key ``clips4rt.<field>`` per
   field, each value JSON.
-- the text graph (``text_model``): input ``tokens`` int32 (N, context_length),
-  output ``text_embeddings`` float32 (N, D), unit length. Its sha256 is recorded.
+- the text graph (``text_model``): input ``tokens`` int32 (N, L), zero-padded token
+  rows, output ``text_embeddings`` float32 (N, D), unit length. Its sha256 is recorded.
+  L is a dynamic axis (any length up to context_length that keeps every row's end
+  token: the runtime cuts padding) or, in graphs exported before it, fixed at
+  context_length.
 """
 
 from __future__ import annotations

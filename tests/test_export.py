@@ -58,7 +58,7 @@ def test_parity_torch_vs_onnxruntime(bundles, tiny_clip, mode):
     import onnxruntime as ort
 
     errs = bundles[mode + ".errs"]
-    assert set(errs) == {"image@56x72", "image@32x32", "text"}
+    assert set(errs) == {"image@56x72", "image@32x32", "text", "text@8"}  # text@8: cut
     assert all(0 <= e <= 1e-3 for e in errs.values()), errs
     model, _, mean, std = tiny_clip
     dense = DenseCLIPImage(model.visual, mode, mean, std).eval()

@@ -222,9 +222,14 @@ class DenseCLIPImage(nn.Module):
 
 
 class CLIPText(nn.Module):
-    """int32 tokens (N, context_length) -> float32 (N, D) unit-length text embeddings.
+    """int32 tokens (N, L) -> float32 (N, D) unit-length text embeddings, for any
+    L <= context_length: the positional embedding and the causal mask are sliced to the
+    batch's length in the graph.
 
-    Mirrors open_clip's ``CLIP.encode_text`` (argmax pooling on the end token)."""
+    Mirrors open_clip's ``CLIP.encode_text`` (argmax pooling on the end token). The text
+    tower is causal: the end token's features depend only on the positions up to it, so
+    a batch cut after its longest prompt's end token embeds exactly as one padded to
+    context_length with zeros (the runtime cuts; older graphs keep a fixed length)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -233,6 +238,10 @@ class CLIPText(nn.Module):
                 raise ValueError(f"{type(model).__name__} has no built-in text tower ({attr})")
         if getattr(model, "text_pool_type", "argmax") != "argmax":
             raise ValueError(f"text pooling {model.text_pool_type!r} is not supported")
+        if getattr(model, "attn_mask", None) is None:
+            # without a causal mask the padding is attended to: cutting it would change
+            # the embeddings (and open_clip's CLIP text towers are all causal)
+            raise ValueError("text towers without a causal attention mask are not supported")
         for blk in model.transformer.resblocks:
             _attn_params(blk)
         self.model = model
@@ -240,9 +249,11 @@ class CLIPText(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         m = self.model
         dtype = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens.long()).to(dtype) + m.positional_embedding.to(dtype)
+        n = tokens.shape[1]  # traced: a dynamic length in the exported graph
+        x = m.token_embedding(tokens.long()).to(dtype) + m.positional_embedding[:n].to(dtype)
+        mask = m.attn_mask[:n, :n]
         for blk in m.transformer.resblocks:
-            x = block_forward(blk, x, m.attn_mask)
+            x = block_forward(blk, x, mask)
         x = m.ln_final(x)
         eot = tokens.argmax(dim=-1)  # end token = the largest id of each row
         x = x.gather(1, eot.view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)

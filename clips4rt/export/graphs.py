@@ -20,6 +20,7 @@ the toy student), hence 5e-3 = 10u.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -31,11 +32,13 @@ from torch import nn
 from clips4rt import bundle as B
 from clips4rt.export.checkpoint import load as load_checkpoint
 from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+from clips4rt.text import token_lengths
 from clips4rt.tokenizer import tokenize
 from clips4rt.window import check_window
 
 OPSET = 17
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "fp16-weights": 5e-3}
+INT8_TEXT_KEY = "text int8 vs float, cosine of the worst prompt"
 FP16_WEIGHTS_MIN = 1024  # initializers with fewer elements stay float32
 TEMPLATE_SETS = {"imagenet": IMAGENET_TEMPLATES, "simple": SIMPLE_TEMPLATES}
 
@@ -171,6 +174,11 @@ def verify(image_path, text_path, image_ref, text_ref, stride, sizes, seed=0, co
     with torch.no_grad():
         ref = text_ref(torch.from_numpy(tokens)).numpy()
     errs["text"] = _rel_err(txt_sess.run(None, {B.TEXT_INPUT: tokens})[0], ref)
+    length = txt_sess.get_inputs()[0].shape[1]
+    if not isinstance(length, int):  # cut after the short prompts' end tokens, as the runtime
+        n = int(token_lengths(tokens[:3]).max())
+        errs[f"text@{n}"] = _rel_err(txt_sess.run(None, {B.TEXT_INPUT: tokens[:3, :n]})[0],
+                                     ref[:3])  # fmt: skip
     return errs
 
 
@@ -182,16 +190,21 @@ def export_bundle(
     fp16: bool = False,
     verify_sizes=((7, 9), (4, 4)),
     fp16_weights: bool = False,
+    int8_text: bool = False,
 ) -> tuple[B.BundleInfo, dict]:
     """Write ``out`` (image graph + metadata) and ``<stem>.text.onnx``; verify them.
 
     Args:
         image_module: uint8 (B, H, W, 3) -> (B, D, H/stride, W/stride) unit embeddings.
-        text_module: int32 (N, context_length) -> (N, D) unit embeddings.
+        text_module: int32 (N, L) -> (N, D) unit embeddings, L <= context_length.
         info: BundleInfo fields except text_model, text_model_sha256, precision.
         fp16: cast both modules to float16 (GPU deployment).
         fp16_weights: store large weights as float16, compute in float32 (small files
             for CPU and edge; see the module docstring).
+        int8_text: write the text graph as int8 (``clips4rt.export.quantize.quantize_text``,
+            ~3x faster prompts on CPUs); its embeddings must keep a cosine of
+            ``TEXT_MIN_COSINE`` to the float graph's on every probe prompt (the report is
+            in the provenance as ``text_int8`` and in the returned errors).
         verify_sizes: (h, w) token grids the parity check runs at.
 
     Returns:
@@ -208,6 +221,8 @@ def export_bundle(
     image_ref, text_ref = image_module.eval().float(), text_module.eval().float()
     if fp16 and fp16_weights:
         raise ValueError("choose one of fp16 (float16 compute) and fp16_weights (storage)")
+    if fp16 and int8_text:
+        raise ValueError("int8_text quantizes a float32 text graph: not with fp16 (GPU)")
     precision = "fp16" if fp16 else "fp32"
     # the runtime's load-time checks, before anything is written (--threshold 5 or nan
     # used to produce a bundle that failed on every run)
@@ -224,7 +239,8 @@ def export_bundle(
         text_module = copy.deepcopy(text_module).half()
     stride, ctx = info["stride"], info.get("context_length", 77)
     ex_img = torch.zeros(1, 2 * stride, 3 * stride, 3, dtype=torch.uint8)
-    ex_txt = torch.from_numpy(tokenize(["a photo of a cat."], ctx))
+    # traced at a length under context_length; the graph takes any length up to it
+    ex_txt = torch.from_numpy(tokenize(["a photo of a cat."], ctx)[:, : min(ctx, 8)])
     _onnx_export(
         image_module,
         ex_img,
@@ -235,35 +251,59 @@ def export_bundle(
             B.IMAGE_OUTPUT: {0: "batch", 2: "h", 3: "w"},
         },
     )
-    _onnx_export(
-        text_module,
-        ex_txt,
-        text_path,
-        (B.TEXT_INPUT, B.TEXT_OUTPUT),
-        {B.TEXT_INPUT: {0: "n"}, B.TEXT_OUTPUT: {0: "n"}},
-    )
-    if fp16_weights:
-        store_weights_fp16(out)
-        store_weights_fp16(text_path)
-        info = {**info, "provenance": {**info.get("provenance", {}), "weights": "float16"}}
-    bundle = B.BundleInfo(
-        **info,
-        text_model=text_path.name,
-        text_model_sha256=B.sha256_file(text_path),
-        precision=precision,
-    )
+    # with int8_text the float graph is written aside (the reference of both checks) and
+    # the int8 one under the bundle's name
+    text_float = text_path.with_name(f".{text_path.stem}.float.onnx") if int8_text else text_path
+    try:
+        _onnx_export(
+            text_module,
+            ex_txt,
+            text_float,
+            (B.TEXT_INPUT, B.TEXT_OUTPUT),
+            {B.TEXT_INPUT: {0: "n", 1: "length"}, B.TEXT_OUTPUT: {0: "n"}},
+        )
+        if int8_text:
+            from clips4rt.export.quantize import quantize_text
+
+            quantize_text(text_float, text_path)
+        if fp16_weights:
+            store_weights_fp16(out)
+            store_weights_fp16(text_path)
+            if int8_text:
+                store_weights_fp16(text_float)
+            info = {**info, "provenance": {**info.get("provenance", {}), "weights": "float16"}}
+        bundle = B.BundleInfo(
+            **info,
+            text_model=text_path.name,
+            text_model_sha256=B.sha256_file(text_path),
+            precision=precision,
+        )
+        errs = verify(out, text_float, image_ref, text_ref, stride, verify_sizes,
+                      context_length=ctx)  # fmt: skip
+        tol = TOLERANCE["fp16-weights" if fp16_weights else precision]
+        bad = {k: v for k, v in errs.items() if not v <= tol}
+        if int8_text:
+            from clips4rt.export.quantize import TEXT_MIN_COSINE, text_parity
+
+            rep = text_parity(text_float, text_path, out, bundle)
+            if not rep["cosine_min"] >= TEXT_MIN_COSINE:
+                bad[INT8_TEXT_KEY] = rep["cosine_min"]
+            prov = {**bundle.provenance, "text_int8": rep}
+            bundle = dataclasses.replace(bundle, provenance=prov)
+    finally:
+        if int8_text:
+            text_float.unlink(missing_ok=True)
     model = onnx.load(str(out))
     del model.metadata_props[:]
     for k, v in bundle.to_metadata().items():
         model.metadata_props.add(key=k, value=v)
     onnx.save(model, str(out))
-    errs = verify(out, text_path, image_ref, text_ref, stride, verify_sizes, context_length=ctx)
-    tol = TOLERANCE["fp16-weights" if fp16_weights else precision]
-    bad = {k: v for k, v in errs.items() if not v <= tol}
     if bad:
+        fix = (f" (the bound: {TEXT_MIN_COSINE}; export the text graph as float, without "
+               "--int8 / --int8-text)" if INT8_TEXT_KEY in bad else "")  # fmt: skip
         raise RuntimeError(
-            f"ONNX graphs disagree with torch beyond {tol:g} (relative): {bad}. "
-            f"The files in {out.parent} are not usable."
+            f"ONNX graphs disagree with torch beyond {tol:g} (relative), or the int8 text "
+            f"graph with the float one: {bad}{fix}. The files in {out.parent} are not usable."
         )
     return bundle, errs
 
@@ -308,6 +348,7 @@ def export_dense_clip(
     window="native",
     window_stride=0,
     negatives=None,
+    int8_text=False,
 ):
     """Export an open_clip CLIP as a training-free dense bundle (kind = ``mode``).
 
@@ -351,7 +392,8 @@ def export_dense_clip(
     )
     if info["input_size"] < image.stride:
         raise ValueError(f"--input-size must be at least the patch size {image.stride}")
-    return export_bundle(image, text, out, info, fp16=fp16, fp16_weights=fp16_weights)
+    return export_bundle(image, text, out, info, fp16=fp16, fp16_weights=fp16_weights,
+                         int8_text=int8_text)  # fmt: skip
 
 
 def export_student(
@@ -369,6 +411,7 @@ def export_student(
     window_stride=0,
     negatives=None,
     resolve=expand_path,
+    int8_text=False,
 ):
     """Export a CLIP-S4 training checkpoint: the student image graph + the teacher's
     text graph + metadata (kind clip-s4, known classes, teacher provenance, config hash).
@@ -427,4 +470,5 @@ def export_student(
             "activation": activation(model),
         },
     )
-    return export_bundle(image, CLIPText(model), out, info, fp16=fp16, fp16_weights=fp16_weights)
+    return export_bundle(image, CLIPText(model), out, info, fp16=fp16, fp16_weights=fp16_weights,
+                         int8_text=int8_text)  # fmt: skip

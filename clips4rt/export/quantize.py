@@ -237,3 +237,76 @@ def quantize_image_graph(path, frames, min_mean=MIN_MEAN, min_p1=MIN_P1) -> dict
             q.metadata_props.add(key=k, value=v)
         onnx.save(q, str(path))
     return report
+
+
+# ------------------------------------------------------------------ the text graph
+#: cosine(float, int8) every probe prompt's text embedding must reach
+TEXT_MIN_COSINE = 0.99
+#: class names the text gate probes when a bundle has no known classes of its own
+#: (things and stuff of everyday photos, one to four words)
+PROBE_NAMES = (
+    "person", "car", "dog", "cat", "bicycle", "traffic light", "fire hydrant", "chair",
+    "dining table", "potted plant", "sky", "grass", "road", "building", "tree", "water",
+    "sand", "snow", "brick wall", "wooden floor",
+)  # fmt: skip
+
+
+def quantize_text(src, dst) -> None:
+    """Write ``src`` (a float32 text graph) as int8 to ``dst``: onnxruntime's dynamic
+    quantization (per-channel int8 weights of every MatMul and of the token table,
+    activations quantized per call from their own range: no calibration data). Text
+    batches are small and their ranges cheap to measure, which static ranges would
+    only approximate; MatMulInteger runs on VNNI / dot-product CPUs."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice is for static ranges
+    try:
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather"])  # fmt: skip
+    finally:
+        root.setLevel(level)
+
+
+def text_parity(float_text, int8_text, image_graph, info, names=None) -> dict:
+    """How far the int8 text graph ``int8_text`` is from ``float_text``: the cosine of
+    every probe prompt's embedding (``names`` x the bundle's templates; default its
+    known classes, else ``PROBE_NAMES``), min and mean; the cosine of the class
+    prototypes (template means); and the effect on labels: the share of the demo
+    scene's pixels (``image_graph``, whole image, squared to the bundle's input size) whose
+    label over ``names`` is the same with both."""
+    import onnxruntime as ort
+
+    from clips4rt.text import TextEncoder
+    from clips4rt.tokenizer import tokenize
+
+    names = list(names or info.known_classes or PROBE_NAMES)
+    opts = ort.SessionOptions()
+    protos, prompts = [], []
+    for path in (float_text, int8_text):
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        enc = TextEncoder(sess, info, path)
+        toks = tokenize([t.replace("{}", c) for c in names for t in info.prompt_templates],
+                        info.context_length)  # fmt: skip
+        emb = enc._encode(toks)
+        prompts.append(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+        protos.append(enc.embeddings(names).astype(np.float64))
+    cos = (prompts[0] * prompts[1]).sum(1)
+    side = max(info.stride, info.input_size // info.stride * info.stride)
+    scene = _outside_probe(np.zeros((1, side, side, 3), np.uint8))[0]
+    sess = ort.InferenceSession(str(image_graph), opts, providers=["CPUExecutionProvider"])
+    emb = sess.run(None, {"image": scene})[0][0].reshape(info.embed_dim, -1)
+    labels = [np.argmax(p @ emb, axis=0) for p in protos]
+    return {
+        "prompts": len(cos),
+        "names": len(names),
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "prototype_cosine_min": float((protos[0] * protos[1]).sum(1).min()),
+        "label_agreement": float((labels[0] == labels[1]).mean()),
+        "bound": TEXT_MIN_COSINE,
+    }
+
