@@ -170,10 +170,65 @@ def bench(label: str, model, reps: int) -> None:
                 print(f"- threads={threads}, memory arena {'on' if arena else 'off'}: {v:.3f}")
 
 
+def swap_text(bundle: Path, text: Path, folder: Path) -> Path:
+    """A copy of ``bundle`` in ``folder`` whose text graph is ``text`` (metadata updated)."""
+    import json
+    import shutil
+
+    import onnx
+
+    from clips4rt import bundle as B
+
+    folder.mkdir(parents=True)
+    shutil.copy(text, folder / "toy.text.onnx")
+    model = onnx.load(str(bundle))
+    for p in model.metadata_props:
+        if p.key == B.PREFIX + "text_model_sha256":
+            p.value = json.dumps(B.sha256_file(folder / "toy.text.onnx"))
+    onnx.save(model, str(folder / "toy.onnx"))
+    return folder / "toy.onnx"
+
+
+def toy_labels(val_count: int) -> None:
+    """The embedded toy student with its own (fixed-length) text graph, the toy teacher's
+    text tower re-exported with the length axis, and that graph in int8: toy-world mIoU
+    (``train.evaluate``, all 20 names, toy seed 3000) and the share of equal labels."""
+    import clips4rt
+    from clips4rt.export.clip_loader import load_clip
+    from train.evaluate import evaluate
+    from train.evaluate.voc import VOCFolder
+    from train.toyworld import write_dataset
+
+    assets = REPO / "train" / "assets"
+    toy = load_clip(model_config=str(assets / "toy-teacher.json"),
+                    pretrained=str(assets / "toy-teacher.pt"))[0]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        graphs = export_graphs(toy, tmp)
+        val = write_dataset(tmp / "val", seed=3000, count=val_count, size=128)
+        bundles = {"embedded (fixed 32)": clips4rt.default_model()}
+        for k in ("dynamic", "int8"):
+            bundles[k] = swap_text(clips4rt.default_model(), graphs[k], tmp / k)
+        print(f"\ntoy student, its text graph swapped; toy seed 3000, {val_count} scenes, "
+              "all 20 names:\n| text graph | mIoU | known | unknown | labels equal to "
+              "embedded |\n|---|---|---|---|---|")  # fmt: skip
+        labels = {}
+        for k, path in bundles.items():
+            r = evaluate(str(path), str(val), threads=2)
+            seg = clips4rt.Segmenter(path, threads=2)
+            names = VOCFolder(val).classes
+            imgs = sorted((val / "JPEGImages").iterdir())[:50]
+            labels[k] = np.concatenate([seg.run(str(f), names).labels.ravel() for f in imgs])
+            same = (labels[k] == labels["embedded (fixed 32)"]).mean()
+            print(f"| {k} | {r['miou']:.2f} | {r['miou_known']:.2f} | {r['miou_unknown']:.2f} "
+                  f"| {100 * same:.2f} % (50 scenes) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-vit", action="store_true", help="the toy tower only")
+    ap.add_argument("--val-count", type=int, default=200, help="toy scenes for mIoU (0: skip)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -188,6 +243,8 @@ def main() -> None:
     toy = load_clip(model_config=str(assets / "toy-teacher.json"),
                     pretrained=str(assets / "toy-teacher.pt"))[0]  # fmt: skip
     bench("toy teacher", toy, args.reps)
+    if args.val_count:
+        toy_labels(args.val_count)
     if not args.no_vit:
         torch.manual_seed(0)
         vit = open_clip.create_model("ViT-B-16", force_quick_gelu=True)
