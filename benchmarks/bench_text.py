@@ -35,16 +35,85 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 NAMES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
-    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
-    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
-    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
-    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
-    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
     "toothbrush",
 ]  # fmt: skip  COCO's 80 things
 
@@ -132,7 +201,7 @@ def bench(label: str, model, reps: int) -> None:
         sizes = {k: p.stat().st_size / 1e6 for k, p in paths.items()}
         print(f"\n## {label} (context {ctx}, D={dim}; files MB: "
               + ", ".join(f"{k} {v:.1f}" for k, v in sizes.items()) + ")")  # fmt: skip
-        for k, make in makes.items():  # warm up: first run allocates
+        for make in makes.values():  # warm up: first run allocates
             per_class(make, 1, 0)
         print("| new classes | fixed s/class | dynamic s/class | int8 s/class | fixed/dynamic "
               "| fixed/int8 |\n|---|---|---|---|---|---|")  # fmt: skip
@@ -142,12 +211,16 @@ def bench(label: str, model, reps: int) -> None:
                 for name, make in makes.items():
                     t[name].append(per_class(make, k, 7 * r + k))
             m = {name: statistics.median(v) for name, v in t.items()}
-            print(f"| {k} | {m['fixed']:.3f} | {m['dynamic']:.3f} | {m['int8']:.3f} | "
-                  f"{m['fixed'] / m['dynamic']:.1f}x | {m['fixed'] / m['int8']:.1f}x |")
+            print(
+                f"| {k} | {m['fixed']:.3f} | {m['dynamic']:.3f} | {m['int8']:.3f} | "
+                f"{m['fixed'] / m['dynamic']:.1f}x | {m['fixed'] / m['int8']:.1f}x |"
+            )
         ex = exactness(makes)
         for name, (lo, mean, proto) in ex.items():
-            print(f"cosine to fixed, {name}: per prompt min {lo:.6f} mean {mean:.6f}; "
-                  f"class prototypes min {proto:.6f} (1600 prompts)")
+            print(
+                f"cosine to fixed, {name}: per prompt min {lo:.6f} mean {mean:.6f}; "
+                f"class prototypes min {proto:.6f} (1600 prompts)"
+            )
         # prompts per call, on the dynamic graph
         dyn = makes["dynamic"]
         keep = T.BATCH
@@ -158,8 +231,10 @@ def bench(label: str, model, reps: int) -> None:
                    for k in (1, 4, 20)]  # fmt: skip
             rows.append(f"| {batch} | " + " | ".join(f"{v:.3f}" for v in med) + " |")
         T.BATCH = keep
-        print(f"\nprompts per graph call (dynamic graph, s/class at 1 / 4 / 20 new classes; "
-              f"the runtime uses {keep}):\n| batch | 1 | 4 | 20 |\n|---|---|---|---|")
+        print(
+            f"\nprompts per graph call (dynamic graph, s/class at 1 / 4 / 20 new classes; "
+            f"the runtime uses {keep}):\n| batch | 1 | 4 | 20 |\n|---|---|---|---|"
+        )
         print("\n".join(rows))
         print("\nsession options (dynamic graph, 4 new classes, s/class):")
         for threads in (1, 2):
@@ -220,8 +295,10 @@ def toy_labels(val_count: int) -> None:
             imgs = sorted((val / "JPEGImages").iterdir())[:50]
             labels[k] = np.concatenate([seg.run(str(f), names).labels.ravel() for f in imgs])
             same = (labels[k] == labels["embedded (fixed 32)"]).mean()
-            print(f"| {k} | {r['miou']:.2f} | {r['miou_known']:.2f} | {r['miou_unknown']:.2f} "
-                  f"| {100 * same:.2f} % (50 scenes) |")
+            print(
+                f"| {k} | {r['miou']:.2f} | {r['miou_known']:.2f} | {r['miou_unknown']:.2f} "
+                f"| {100 * same:.2f} % (50 scenes) |"
+            )
 
 
 def main() -> None:

@@ -86,7 +86,18 @@ def _expand(items: list[str]) -> list[tuple[Path, Path]]:
     files = list(dict.fromkeys(files))
     parents = [f.resolve().parent for f in files]
     root = Path(os.path.commonpath(parents)) if parents else Path(".")
-    return [(f, f.resolve().parent.relative_to(root) / f.stem) for f in files]
+    stems = [f.resolve().parent.relative_to(root) / f.stem for f in files]
+    # same folder, same stem (x.png, x.jpg): those keep their suffix (x.png_labels.png)
+    clash = {s for s in stems if stems.count(s) > 1}
+    stems = [s.with_name(f.name) if s in clash else s for f, s in zip(files, stems)]
+    taken: set[Path] = set()
+    for i, s in enumerate(stems):  # x.png beside x.png.jpg (stem x.png): a number
+        n, t = 2, s
+        while t in taken:
+            t, n = s.with_name(f"{s.name}~{n}"), n + 1
+        taken.add(t)
+        stems[i] = t
+    return list(zip(files, stems))
 
 
 def _options(args) -> dict:
@@ -137,6 +148,7 @@ def _classes(args):
 
 
 def _segment(args) -> int:
+    from clips4rt.files import write_atomic
     from clips4rt.segmenter import Segmenter
     from clips4rt.visualize import label_png
 
@@ -147,21 +159,100 @@ def _segment(args) -> int:
     inputs = _expand(args.images)
     if not inputs:
         raise FileNotFoundError(f"no image files in {args.images}")
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
+    labels_out = _label_outputs(args, names)  # checked (and libraries imported) up front
     out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "classes.txt", "".join(f"{c}\n" for c in names).encode())
     failed = 0
+    bar = _progress(len(inputs), args.quiet)
     for image, stem in inputs:
         try:
             r = seg.run(image, classes, **options)
         except (ImageError, FileNotFoundError) as e:
-            print(f"skipped {image}: {e}", file=sys.stderr)
+            _print(bar, f"skipped {image}: {e}", sys.stderr)
             failed += 1
             continue
+        finally:
+            if bar is not None:
+                bar.update(1)
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         _save(label_png(r.labels, len(names)), out / f"{stem}_labels.png")
         _save(r.overlay(), out / f"{stem}_overlay.png")
-        print(f"{image}: {_summary(r.labels, names)} -> {out / f'{stem}_overlay.png'}")
+        labels_out.add(r, image, stem)
+        _print(bar, f"{image}: {_summary(r.labels, names)} -> {out / f'{stem}_overlay.png'}")
+    if bar is not None:
+        bar.close()
+    labels_out.close()
     return 1 if failed else 0
+
+
+def _progress(n: int, quiet: bool):
+    """A progress bar on stderr for more than one file (where tqdm is installed and
+    stderr is a terminal; ``--quiet``: none)."""
+    if quiet or n < 2:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=n, unit="image", disable=None, file=sys.stderr)
+
+
+def _print(bar, text: str, file=None) -> None:
+    if bar is not None and not bar.disable:
+        bar.write(text, file=file or sys.stdout)
+    else:
+        print(text, file=file or sys.stdout)
+
+
+class _LabelOutputs:
+    """``segment``'s --coco / --yolo outputs, written as the images are segmented."""
+
+    def __init__(self, args, names):
+        from clips4rt import labels as L
+
+        self.names, self.tolerance = names, args.tolerance
+        self.coco = self.yolo = None
+        if args.coco:
+            L.require("pycocotools")
+            if args.instances:
+                L.require("cv2")
+            self.coco_path = Path(args.coco).expanduser()
+            if not self.coco_path.parent.is_dir():
+                raise FileNotFoundError(f"--coco {args.coco}: no folder {self.coco_path.parent}")
+            self.coco = L.CocoWriter(names, instances=args.instances)
+        if args.yolo:
+            from clips4rt.files import write_atomic
+
+            L.require("cv2")
+            self.yolo = Path(args.yolo).expanduser()
+            (self.yolo / "labels").mkdir(parents=True, exist_ok=True)
+            write_atomic(self.yolo / "data.yaml", L.yolo_data_yaml(names).encode())
+            write_atomic(self.yolo / "classes.txt", "".join(f"{c}\n" for c in names).encode())
+
+    def add(self, r, image: Path, stem: Path) -> None:
+        from clips4rt import labels as L
+        from clips4rt.files import write_atomic
+
+        if self.coco is not None:  # file_name: relative to the inputs' common folder
+            self.coco.add(r.labels, stem.with_name(Path(image).name).as_posix())
+        if self.yolo is not None:
+            path = self.yolo / "labels" / f"{stem}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lines = L.yolo_lines(r.labels, len(self.names), self.tolerance)
+            write_atomic(path, "".join(f"{ln}\n" for ln in lines).encode())
+
+    def close(self) -> None:
+        if self.coco is not None:
+            self.coco.write(self.coco_path)
+
+
+def _label_outputs(args, names) -> _LabelOutputs:
+    if args.instances and not args.coco:
+        raise ValueError("--instances shapes the --coco annotations: give --coco FILE too")
+    if not (isinstance(args.tolerance, float) and 0 <= args.tolerance <= 1000):
+        raise ValueError(f"--tolerance must be pixels in [0, 1000], got {args.tolerance}")
+    return _LabelOutputs(args, names)
 
 
 def _video(args) -> int:
@@ -179,13 +270,17 @@ def _video(args) -> int:
         classes,
         args.out,
         labels_dir=args.labels_dir,
+        jsonl=args.jsonl,
+        polygons=args.polygons,
+        tolerance=args.tolerance,
         progress=not args.quiet,
         max_frames=args.max_frames,
         **options,
     )
+    written = ", ".join(str(p) for p in (summary["out"], summary["jsonl"], args.labels_dir) if p)
     print(
         f"{summary['frames']} frames in {summary['seconds']:.1f} s = {summary['fps']:.1f} fps "
-        f"-> {summary['out']}"
+        f"-> {written}"
     )
     for c, share in sorted(summary["share"].items(), key=lambda kv: -kv[1]):
         print(f"  {c:16s} {100 * share:5.1f}% of pixels")
@@ -291,13 +386,29 @@ def _parser() -> argparse.ArgumentParser:
                    "car=0.6,person=0.4")  # fmt: skip
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--coco", help="also write a COCO JSON here: one RLE mask per class per "
+                   "image (pip install 'clips4rt[labels]')")  # fmt: skip
+    s.add_argument("--instances", action="store_true", help="--coco: one annotation per "
+                   "connected part of a class instead of one per class")  # fmt: skip
+    s.add_argument("--yolo", help="also write YOLO-seg labels into this folder (labels/"
+                   "<name>.txt, data.yaml, classes.txt; needs clips4rt[labels])")  # fmt: skip
+    s.add_argument("--tolerance", type=float, default=1.0, help="--yolo polygon simplification,"
+                   " pixels (Douglas-Peucker; 0 = every boundary pixel; default 1)")  # fmt: skip
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(s)
     _device(s)
     s.set_defaults(fn=_segment)
     v = sub.add_parser("video", help="segment a video file or camera into an overlay video")
     v.add_argument("input", help="video file, or a camera index (0 = /dev/video0)")
     v.add_argument("--classes", help='comma-separated names, "person,car"')
-    v.add_argument("--out", required=True, help="overlay video (.mp4, .mkv, .mov, .avi, .webm)")
+    v.add_argument("--out", help="overlay video (.mp4, .mkv, .mov, .avi, .webm); optional "
+                   "when --jsonl or --labels-dir is given")  # fmt: skip
+    v.add_argument("--jsonl", help="also write one JSON line per frame here: frame, time "
+                   "(s), each class's share of the pixels")  # fmt: skip
+    v.add_argument("--polygons", action="store_true", help="--jsonl: add each class's "
+                   "polygons (pip install 'clips4rt[labels]')")  # fmt: skip
+    v.add_argument("--tolerance", type=float, default=1.0, help="--polygons simplification, "
+                   "pixels (default 1)")  # fmt: skip
     v.add_argument("--model", help=MODEL_HELP)
     v.add_argument("--labels-dir", help="also write one label PNG per frame here")
     v.add_argument("--threshold", help="background probability threshold, or per class: "

@@ -43,3 +43,18 @@ def read_regular(
         return os.pread(fd, length, offset)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a hidden temporary name in the same folder and
+    a rename: a reader sees the old file or the whole new one, and an error leaves
+    neither a partial file nor the temporary behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

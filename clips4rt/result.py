@@ -91,6 +91,32 @@ class SegmentationResult:
             raise KeyError(f"{name!r} is not one of the classes {self.classes}")
         return self.labels == self.classes.index(name)
 
+    def polygons(self, name: str, tolerance: float = 1.0) -> list[np.ndarray]:
+        """Class ``name`` as polygons: one (N, 2) float64 ring of (x, y) pixel coordinates
+        per connected part, holes joined in, simplified within ``tolerance`` pixels
+        (``clips4rt.labels.polygons``; needs ``clips4rt[labels]``)."""
+        from clips4rt.labels import polygons
+
+        return polygons(self.mask(name), tolerance)
+
+    def to_coco(self, file_name: str = "image.png", instances: bool = False) -> dict:
+        """This image as a COCO dataset dict (one image, id 1; categories = the classes,
+        ids from 1; one RLE annotation per class present, or per connected part with
+        ``instances``). Many images: ``clips4rt.labels.CocoWriter``."""
+        from clips4rt.labels import CocoWriter
+
+        writer = CocoWriter(self.classes, instances)
+        writer.add(self.labels, file_name)
+        return writer.to_dict()
+
+    def to_detections(self, instances: bool = False):
+        """``supervision.Detections``: one per class present (``instances``: per connected
+        part) with mask, box, class id, ``data["class_name"]`` and the mean softmax score
+        as confidence; for supervision's annotators and sinks (``pip install supervision``)."""
+        from clips4rt.labels import to_detections
+
+        return to_detections(self.labels, self.classes, instances, self.scores)
+
     def overlay(self, alpha: float = 0.5, scale: int = 1) -> Image.Image:
         """The image with class colours blended in and a legend (PIL RGB), enlarged
         ``scale`` times (nearest)."""

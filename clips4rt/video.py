@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -71,8 +72,10 @@ def open_source(source):
         raise VideoError(f"cannot open {source} as a video ({e})") from e
 
 
-def frames(container) -> Iterator[np.ndarray]:
-    """Decoded frames of the first video stream as HxWx3 uint8 RGB arrays."""
+def frames(container, times: list | None = None) -> Iterator[np.ndarray]:
+    """Decoded frames of the first video stream as HxWx3 uint8 RGB arrays (``times``:
+    each frame's presentation time in seconds, or None, is appended there as it is
+    decoded)."""
     av = _av()
     if not container.streams.video:
         raise VideoError(f"{container.name} has no video stream")
@@ -81,6 +84,8 @@ def frames(container) -> Iterator[np.ndarray]:
     index = 0
     try:
         for frame in container.decode(stream):
+            if times is not None:
+                times.append(frame.time)
             yield frame.to_ndarray(format="rgb24")
             index += 1
     except av.FFmpegError as e:
@@ -107,22 +112,43 @@ def segment_video(
     segmenter,
     source,
     classes: list[str],
-    out,
+    out=None,
     *,
     labels_dir=None,
+    jsonl=None,
+    polygons: bool = False,
+    tolerance: float = 1.0,
     progress: bool = True,
     max_frames: int | None = None,
     **options,
 ) -> dict:
     """Segment every frame of ``source`` (path or camera index) and write the overlay
-    video to ``out`` (and label PNGs ``000000.png``... to ``labels_dir``).
+    video to ``out``, label PNGs ``000000.png``... to ``labels_dir`` and/or one JSON line
+    per frame to ``jsonl`` (at least one of the three): ``{"frame": i, "time": seconds
+    or null, "share": {class: fraction of the pixels}, "background": fraction}``, with
+    ``polygons``: ``"polygons": {class: [[x1, y1, x2, y2, ...], ...]}`` (pixels,
+    ``clips4rt.labels.polygons`` within ``tolerance``; needs ``clips4rt[labels]``).
 
     Returns a summary: frames, seconds, fps, and each class's share of all pixels.
     Raises VideoError (missing codec, unreadable or empty input, unwritable
-    output) or FileNotFoundError; ``out`` then does not exist.
+    output) or FileNotFoundError; ``out`` and ``jsonl`` then do not exist.
     """
     av = _av()
-    out = _check_out(Path(out).expanduser(), source)
+    if out is None and jsonl is None and labels_dir is None:
+        raise VideoError("nothing to write: give --out (overlay video), --jsonl or --labels-dir")
+    if polygons and jsonl is None:
+        raise VideoError("--polygons go into the --jsonl lines: give --jsonl FILE too")
+    if polygons:
+        from clips4rt.labels import polygons as to_polygons
+        from clips4rt.labels import require
+
+        require("cv2")
+    if out is not None:
+        out = _check_out(Path(out).expanduser(), source)
+    if jsonl is not None:
+        jsonl = _check_jsonl(Path(jsonl).expanduser(), source)
+        if out is not None and jsonl.resolve() == out.resolve():
+            raise VideoError(f"--out and --jsonl both name {out}: give two files")
     if labels_dir is not None:
         labels_dir = Path(labels_dir).expanduser()
         taken = sorted(labels_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"))[:3]
@@ -133,37 +159,62 @@ def segment_video(
                 "empty or new folder (existing files are never overwritten)"
             )
         labels_dir.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
-    lock = _lock(partial, out)
+    # each file output is written under a hidden temporary name, locked, renamed at the end
+    targets = [t for t in (out, jsonl) if t is not None]
+    partials = [t.with_name(f".{t.stem}.partial{t.suffix}") for t in targets]
+    locks: list[int] = []
     try:
+        for t, p in zip(targets, partials):
+            locks.append(_lock(p, t))
         container = open_source(source)
     except BaseException:
-        _unlock(lock, partial)
+        for fd, p in zip(locks, partials):
+            _unlock(fd, p)
         raise
+    partial = partials[0] if out is not None else None
+    lines = None
     written: list[Path] = []  # label PNGs of this run, removed if it fails
     counts = np.zeros(len(classes) + 1, np.int64)
     n = 0
     encoder = None
     t0 = time.perf_counter()
     try:
+        if jsonl is not None:
+            lines = open(partials[-1], "w", encoding="utf-8")  # noqa: SIM115 - closed below
         stream = container.streams.video[0] if container.streams.video else None
         rate = (stream.average_rate or stream.guessed_rate or Fraction(25)) if stream else None
         total = stream.frames if stream is not None and stream.frames else None
         if max_frames is not None:
             total = min(total or max_frames, max_frames)
         bar = _progress(progress, total)
-        results = segmenter.stream(frames(container), classes, **options)
+        times: list = []
+        results = segmenter.stream(frames(container, times), classes, **options)
         try:
             for r in results:
-                if encoder is None:
-                    h, w = r.labels.shape
+                stamp = times.pop(0) if times else None  # results come in decoding order
+                frame_counts = np.bincount(r.labels.ravel() + 1, minlength=len(classes) + 1)
+                counts += frame_counts
+                if lines is not None:
+                    rec = _jsonl_record(n, stamp, frame_counts, classes)
+                    if polygons:
+                        rec["polygons"] = {
+                            c: [p.astype(int).ravel().tolist()
+                                for p in to_polygons(r.labels == k, tolerance)]
+                            for k, c in enumerate(classes) if frame_counts[k + 1]
+                        }  # fmt: skip
                     try:
-                        encoder = _encoder(av, partial, w, h, Fraction(rate))
-                    except (av.FFmpegError, OSError) as e:
-                        raise VideoError(f"cannot write {out} ({e})") from e
-                counts += np.bincount(r.labels.ravel() + 1, minlength=len(classes) + 1)
-                image = np.asarray(r.overlay())
-                _encode(av, encoder, av.VideoFrame.from_ndarray(image, format="rgb24"), out)
+                        lines.write(json.dumps(rec) + "\n")
+                    except OSError as e:
+                        raise VideoError(f"cannot write {jsonl} ({e})") from e
+                if out is not None:  # the overlay: drawn only when a video is asked for
+                    if encoder is None:
+                        h, w = r.labels.shape
+                        try:
+                            encoder = _encoder(av, partial, w, h, Fraction(rate))
+                        except (av.FFmpegError, OSError) as e:
+                            raise VideoError(f"cannot write {out} ({e})") from e
+                    image = np.asarray(r.overlay())
+                    _encode(av, encoder, av.VideoFrame.from_ndarray(image, format="rgb24"), out)
                 if labels_dir is not None:
                     path = labels_dir / f"{n:06d}.png"
                     # listed before it exists: a signal right after the open must still
@@ -188,30 +239,43 @@ def segment_video(
                 bar.close()
         if n == 0:
             raise VideoError(f"{source}: the video has no frames")
-        _encode(av, encoder, None, out)  # flush
-        encoder[0].close()
-        encoder = None
-        os.replace(partial, out)
+        if out is not None:
+            _encode(av, encoder, None, out)  # flush
+            encoder[0].close()
+            encoder = None
+        if lines is not None:
+            try:
+                lines.close()
+            except OSError as e:
+                raise VideoError(f"cannot write {jsonl} ({e})") from e
+        for t, p in zip(targets, partials):
+            os.replace(p, t)
     except BaseException:
         if encoder is not None:
             try:
                 encoder[0].close()
             except Exception:  # noqa: BLE001 - the original error matters
                 pass
-        partial.unlink(missing_ok=True)
+        if lines is not None:
+            with contextlib.suppress(OSError):
+                lines.close()
+        for p in partials:
+            p.unlink(missing_ok=True)
         for f in written:
             f.unlink(missing_ok=True)
         raise
     finally:
         container.close()
-        _unlock(lock, None)
+        for fd in locks:
+            _unlock(fd, None)
     seconds = time.perf_counter() - t0
     share = counts / max(1, counts.sum())
     return {
         "frames": n,
         "seconds": round(seconds, 3),
         "fps": round(n / seconds, 2),
-        "out": str(out),
+        "out": None if out is None else str(out),
+        "jsonl": None if jsonl is None else str(jsonl),
         "share": {c: float(share[k + 1]) for k, c in enumerate(classes) if share[k + 1] > 0},
         "background": float(share[0]),
     }
@@ -230,6 +294,31 @@ def _check_out(out: Path, source) -> Path:
         raise VideoError(f"--out {out} is the input video: choose another name (the input "
                          "would be replaced)")  # fmt: skip
     return out
+
+
+def _jsonl_record(n: int, stamp, counts: np.ndarray, classes) -> dict:
+    total = max(1, int(counts.sum()))
+    return {
+        "frame": n,
+        "time": None if stamp is None else round(float(stamp), 6),
+        "share": {
+            c: round(int(counts[k + 1]) / total, 6) for k, c in enumerate(classes) if counts[k + 1]
+        },  # fmt: skip
+        "background": round(int(counts[0]) / total, 6),
+    }
+
+
+def _check_jsonl(path: Path, source) -> Path:
+    """The --jsonl path, checked like --out before anything is decoded."""
+    if path.is_dir():
+        raise VideoError(f"--jsonl {path} is a folder: give a file name like "
+                         f"{path / 'frames.jsonl'}")  # fmt: skip
+    if not path.parent.is_dir():
+        raise VideoError(f"--jsonl {path}: folder {path.parent} does not exist")
+    src = Path(str(source)).expanduser()
+    if path.exists() and src.exists() and os.path.samefile(path, src):
+        raise VideoError(f"--jsonl {path} is the input video: choose another name")
+    return path
 
 
 def _lock(partial: Path, out: Path) -> int:

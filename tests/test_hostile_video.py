@@ -54,8 +54,8 @@ def test_interrupted_run_removes_only_its_own_files(seg, rng, tmp_path, monkeypa
     (labels / "notes.txt").write_text("mine")
     real = video.frames
 
-    def interrupted(container):
-        for i, f in enumerate(real(container)):
+    def interrupted(container, times=None):
+        for i, f in enumerate(real(container, times)):
             if i == 4:
                 raise KeyboardInterrupt
             yield f

@@ -236,7 +236,7 @@ def test_cli_output_errors_are_one_line_and_leave_nothing(
     assert main([*args, "--out", str(out)]) == 1
     assert "No space left on device" in capsys.readouterr().err
     # the labels PNG landed complete under its name; the overlay left nothing behind
-    assert sorted(p.name for p in out.iterdir()) == ["a_labels.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.png", "classes.txt"]
 
 
 def test_cli_segment_and_info(bundles, tmp_path, rng, capsys):

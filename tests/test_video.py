@@ -84,8 +84,8 @@ def test_failure_mid_video_removes_the_partial_file(seg, rng, tmp_path, monkeypa
     clip = _write_clip(tmp_path / "in.avi", _moving(rng, 6))
     real = video.frames
 
-    def breaks(container):
-        for i, f in enumerate(real(container)):
+    def breaks(container, times=None):
+        for i, f in enumerate(real(container, times)):
             if i == 3:
                 raise clips4rt.VideoError("frame 3 is corrupt")
             yield f
@@ -109,3 +109,56 @@ def test_cli(bundles, rng, tmp_path, capsys):
     assert cli.main([*argv, "--out", str(tmp_path / "x.mp4"), "--max-frames", "0"]) == 2
     assert cli.main(["video", str(tmp_path / "nope.mp4"), "--classes", "a", "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_jsonl_without_overlay(seg, rng, tmp_path):
+    """--jsonl alone: one line per frame (time, shares equal to the label PNGs'), no video,
+    and no overlay drawn."""
+    import json
+
+    clip = _write_clip(tmp_path / "in.avi", _moving(rng, 5))
+    labels, lines = tmp_path / "labels", tmp_path / "frames.jsonl"
+    drawn = []
+    real = clips4rt.SegmentationResult.overlay
+    try:
+        clips4rt.SegmentationResult.overlay = lambda self, *a, **k: drawn.append(1) or real(
+            self, *a, **k)  # fmt: skip
+        summary = video.segment_video(seg, clip, CLASSES, None, labels_dir=labels, jsonl=lines,
+                                      progress=False)  # fmt: skip
+    finally:
+        clips4rt.SegmentationResult.overlay = real
+    assert not drawn and summary["out"] is None and summary["frames"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.jsonl", "in.avi", "labels"]
+    recs = [json.loads(x) for x in lines.read_text().splitlines()]
+    assert [r["frame"] for r in recs] == list(range(5))
+    np.testing.assert_allclose([r["time"] for r in recs], np.arange(5) / 12, atol=1e-6)
+    for r in recs:
+        lab = np.asarray(__import__("PIL.Image").Image.open(labels / f"{r['frame']:06d}.png"))
+        for k, c in enumerate(CLASSES):
+            assert r["share"].get(c, 0.0) == pytest.approx((lab == k).mean(), abs=1e-6)
+        assert r["background"] == pytest.approx((lab == 255).mean(), abs=1e-6)
+        assert "polygons" not in r
+
+
+def test_jsonl_polygons_and_errors(seg, rng, tmp_path, capsys):
+    import json
+
+    pytest.importorskip("cv2")
+    from clips4rt import labels as L
+
+    clip = _write_clip(tmp_path / "in.avi", _moving(rng, 3))
+    lines = tmp_path / "f.jsonl"
+    argv = ["video", str(clip), "--model", str(seg.path), "--classes", ",".join(CLASSES),
+            "--quiet"]  # fmt: skip
+    assert cli.main([*argv, "--jsonl", str(lines), "--polygons", "--tolerance", "0"]) == 0
+    rec = json.loads(lines.read_text().splitlines()[0])
+    first = next(seg.stream(video.frames(video.open_source(clip)), CLASSES))
+    for k, c in enumerate(CLASSES):
+        polys = [np.array(p, float).reshape(-1, 2) for p in rec["polygons"].get(c, [])]
+        np.testing.assert_array_equal(L.rasterize(polys, first.labels.shape), first.labels == k)
+    assert cli.main(argv) == 2  # no output asked for
+    assert "--out" in capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(tmp_path / "o.mp4"), "--polygons"]) == 2
+    assert "--jsonl" in capsys.readouterr().err and not (tmp_path / "o.mp4").exists()
+    assert cli.main([*argv, "--jsonl", str(tmp_path / "no" / "f.jsonl")]) == 2
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

@@ -1,0 +1,235 @@
+"""Label outputs for labelling jobs: class masks as polygons (OpenCV), COCO JSON with RLE
+masks (pycocotools), YOLO-seg label files, and supervision ``Detections``.
+
+The libraries are optional (``pip install "clips4rt[labels]"``: pycocotools and
+opencv-python-headless; ``pip install supervision`` for ``to_detections``) and imported
+only when one of these outputs is asked for: a run that writes label PNGs pays nothing.
+
+Conventions: a label map is (H, W) int, index k = ``classes[k]``, -1 = background.
+COCO categories are numbered from 1 (``classes[k]`` -> id k + 1). Polygons are (N, 2)
+float arrays of (x, y) pixel coordinates of the boundary pixels' centres, traced by
+OpenCV (``cv2.findContours``) and simplified by Douglas-Peucker with ``tolerance``
+pixels (``cv2.approxPolyDP``; 0 keeps every boundary pixel); a hole is joined to its
+outer ring by a zero-width cut (a "keyhole"), so that one ring per connected part keeps
+its holes when filled, as YOLO-seg's single-ring format needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import import_module
+
+import numpy as np
+
+EXTRA = {"cv2": "labels", "pycocotools": "labels", "supervision": None}
+PIP = {"cv2": "opencv-python-headless", "pycocotools": "pycocotools", "supervision": "supervision"}
+
+
+def require(module: str):
+    """Import an optional library, or an ImportError naming the pip command."""
+    try:
+        return import_module(module)
+    except ImportError:
+        extra = EXTRA[module]
+        how = f'pip install "clips4rt[{extra}]"' if extra else f"pip install {PIP[module]}"
+        raise ImportError(f"this output needs {PIP[module]}: {how}") from None
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an (H, W) integer array, got {labels.dtype}"
+                         f"{list(labels.shape)}")  # fmt: skip
+    return labels
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected parts of a bool mask, largest first."""
+    cv2 = require("cv2")
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    order = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")
+    return [comp == i for i in order]
+
+
+def _keyhole(outer: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """``outer`` with ``hole`` spliced in at their closest pair of points."""
+    d = ((outer[:, None, :] - hole[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    return np.concatenate([outer[: i + 1], hole[j:], hole[: j + 1], outer[i:]])
+
+
+def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[np.ndarray]:
+    """One (N, 2) float64 ring of (x, y) per 8-connected part of ``mask``, its holes
+    joined in (see the module docstring), largest part first. A part without area (one
+    pixel, a one-pixel line) is a flat ring of at least 3 points through its pixels,
+    which fills back to exactly them."""
+    cv2 = require("cv2")
+    if not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1000):
+        raise ValueError(f"tolerance must be a number of pixels in [0, 1000], got {tolerance!r}")
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got {list(m.shape)}")
+    contours, hier = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return []
+    hier = hier[0]
+
+    def ring(c):
+        if tolerance > 0:
+            c = cv2.approxPolyDP(c, float(tolerance), True)
+        return c.reshape(-1, 2).astype(np.float64)
+
+    out = []
+    for i, c in enumerate(contours):
+        if hier[i][3] != -1:  # a hole: joined to its outer ring below
+            continue
+        area = cv2.contourArea(c)
+        poly = ring(c)
+        if len(poly) < 3:  # a pixel, or a line simplified to its ends: there and back
+            poly = np.concatenate([poly, poly[::-1]])[: max(3, 2 * len(poly) - 1)]
+            poly = np.concatenate([poly, poly[-1:]]) if len(poly) < 3 else poly
+        j = hier[i][2]  # first hole, then its siblings
+        while j != -1:
+            hole = ring(contours[j])
+            if len(hole) >= 3:
+                poly = _keyhole(poly, hole)
+            j = hier[j][0]
+        out.append((area, poly))
+    out.sort(key=lambda t: -t[0])
+    return [p for _, p in out]
+
+
+def rasterize(polys: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Fill polygons (as ``polygons`` gives them) back into a bool (H, W) mask."""
+    cv2 = require("cv2")
+    out = np.zeros(shape, np.uint8)
+    if polys:
+        cv2.fillPoly(out, [np.round(p).astype(np.int32).reshape(-1, 1, 2) for p in polys], 1)
+    return out.astype(bool)
+
+
+# ------------------------------------------------------------------ COCO
+def _rle(mask: np.ndarray) -> dict:
+    mu = require("pycocotools.mask")
+    rle = mu.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def coco_annotations(labels: np.ndarray, n_classes: int, image_id: int, first_id: int = 1,
+                     instances: bool = False) -> list[dict]:  # fmt: skip
+    """COCO annotations of one label map: one per class present (``instances``: one per
+    8-connected part), the mask as compressed RLE, iscrowd 0 (as COCO-Stuff's)."""
+    mu = require("pycocotools.mask")
+    labels = _check_labels(labels)
+    anns = []
+    for k in range(n_classes):
+        mask = labels == k
+        if not mask.any():
+            continue
+        for part in components(mask) if instances else [mask]:
+            rle = _rle(part)
+            anns.append({
+                "id": first_id + len(anns),
+                "image_id": int(image_id),
+                "category_id": k + 1,
+                "segmentation": rle,
+                "area": float(mu.area(rle)),
+                "bbox": [float(v) for v in mu.toBbox(rle)],
+                "iscrowd": 0,
+            })  # fmt: skip
+    return anns
+
+
+def coco_categories(classes: Sequence[str]) -> list[dict]:
+    return [{"id": k + 1, "name": c, "supercategory": ""} for k, c in enumerate(classes)]
+
+
+class CocoWriter:
+    """A COCO JSON built image by image: ``add(labels, file_name)``, then ``to_dict()`` or
+    ``write(path)`` (atomic: a temporary file renamed)."""
+
+    def __init__(self, classes: Sequence[str], instances: bool = False):
+        self.classes, self.instances = list(classes), instances
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def add(self, labels: np.ndarray, file_name: str) -> int:
+        labels = _check_labels(labels)
+        image_id = len(self.images) + 1
+        h, w = labels.shape
+        self.images.append({"id": image_id, "file_name": str(file_name), "height": int(h),
+                            "width": int(w)})  # fmt: skip
+        self.annotations += coco_annotations(labels, len(self.classes), image_id,
+                                             len(self.annotations) + 1, self.instances)  # fmt: skip
+        return image_id
+
+    def to_dict(self) -> dict:
+        return {
+            "info": {"description": "clips4rt segmentation", "version": "1.0"},
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": coco_categories(self.classes),
+        }
+
+    def write(self, path) -> None:
+        from pathlib import Path
+
+        from clips4rt.files import write_atomic
+
+        write_atomic(Path(path).expanduser(), json.dumps(self.to_dict()).encode())
+
+
+# ------------------------------------------------------------------ YOLO-seg
+def yolo_lines(labels: np.ndarray, n_classes: int, tolerance: float = 1.0) -> list[str]:
+    """YOLO-seg label lines of one label map: ``k x1 y1 x2 y2 ...`` per connected part of
+    class k, coordinates normalised by the image's width and height, 6 decimals."""
+    labels = _check_labels(labels)
+    h, w = labels.shape
+    lines = []
+    for k in range(n_classes):
+        mask = labels == k
+        if not mask.any():
+            continue
+        for poly in polygons(mask, tolerance):
+            xy = np.clip(poly / [w, h], 0.0, 1.0).reshape(-1)
+            lines.append(f"{k} " + " ".join(f"{v:.6f}" for v in xy))
+    return lines
+
+
+def yolo_data_yaml(classes: Sequence[str]) -> str:
+    """A YOLO ``data.yaml`` naming the classes (each name a JSON string: valid YAML)."""
+    names = "\n".join(f"  {k}: {json.dumps(c)}" for k, c in enumerate(classes))
+    head = "# written by clips4rt: set train and val to your images"
+    return f"{head}\nnc: {len(classes)}\nnames:\n{names}\n"
+
+
+# ------------------------------------------------------------------ supervision
+def to_detections(labels: np.ndarray, classes: Sequence[str], instances: bool = False,
+                  scores: np.ndarray | None = None):  # fmt: skip
+    """``supervision.Detections`` of a label map: one detection per class present
+    (``instances``: per connected part), with its mask, box, class id, the class name in
+    ``data["class_name"]`` and, given ``scores`` (H, W), the mean score as confidence."""
+    sv = require("supervision")
+    labels = _check_labels(labels)
+    masks, ids = [], []
+    for k in range(len(classes)):
+        mask = labels == k
+        if mask.any():
+            for part in components(mask) if instances else [mask]:
+                masks.append(part)
+                ids.append(k)
+    h, w = labels.shape
+    if not masks:
+        return sv.Detections.empty()
+    m = np.stack(masks)
+    xyxy = np.array([_box(p) for p in m], np.float32)
+    conf = None if scores is None else np.array([scores[p].mean() for p in m], np.float32)
+    return sv.Detections(xyxy=xyxy, mask=m, class_id=np.array(ids, int), confidence=conf,
+                         data={"class_name": np.array([classes[k] for k in ids])})  # fmt: skip
+
+
+def _box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
