@@ -180,7 +180,7 @@ def exactness(makes) -> dict:
         enc = make()
         toks = tokenize([t.replace("{}", c) for c in NAMES[:20] for t in IMAGENET_TEMPLATES],
                         enc.info.context_length)  # fmt: skip
-        e = enc._encode(toks)
+        e = enc.encode_tokens(toks)
         e /= np.linalg.norm(e, axis=1, keepdims=True)
         p = enc.embeddings(NAMES[:20]).astype(np.float64)
         if ref is None:

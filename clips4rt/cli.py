@@ -68,6 +68,7 @@ def _expand(items: list[str]) -> list[tuple[Path, Path]]:
     levels below), a quoted glob its matches. Output stems mirror each file's path
     relative to the inputs' common folder, so a/x.png and b/x.png never collide."""
     import glob
+    from collections import Counter
 
     files: list[Path] = []
     for item in items:
@@ -88,7 +89,8 @@ def _expand(items: list[str]) -> list[tuple[Path, Path]]:
     root = Path(os.path.commonpath(parents)) if parents else Path(".")
     stems = [f.resolve().parent.relative_to(root) / f.stem for f in files]
     # same folder, same stem (x.png, x.jpg): those keep their suffix (x.png_labels.png)
-    clash = {s for s in stems if stems.count(s) > 1}
+    seen = Counter(stems)
+    clash = {s for s, k in seen.items() if k > 1}
     stems = [s.with_name(f.name) if s in clash else s for f, s in zip(files, stems)]
     taken: set[Path] = set()
     for i, s in enumerate(stems):  # x.png beside x.png.jpg (stem x.png): a number

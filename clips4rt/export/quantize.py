@@ -291,7 +291,7 @@ def text_parity(float_text, int8_text, image_graph, info, names=None) -> dict:
         enc = TextEncoder(sess, info, path)
         toks = tokenize([t.replace("{}", c) for c in names for t in info.prompt_templates],
                         info.context_length)  # fmt: skip
-        emb = enc._encode(toks)
+        emb = enc.encode_tokens(toks)
         prompts.append(emb / np.linalg.norm(emb, axis=1, keepdims=True))
         protos.append(enc.embeddings(names).astype(np.float64))
     cos = (prompts[0] * prompts[1]).sum(1)
