@@ -180,7 +180,8 @@ def _segment(args) -> int:
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         _save(label_png(r.labels, len(names)), out / f"{stem}_labels.png")
         _save(r.overlay(), out / f"{stem}_overlay.png")
-        labels_out.add(r, image, stem)
+        # COCO file_name: the path below the inputs' common folder; YOLO: the output stem
+        labels_out.add(r.labels, stem.with_name(Path(image).name), stem)
         _print(bar, f"{image}: {_summary(r.labels, names)} -> {out / f'{stem}_overlay.png'}")
     if bar is not None:
         bar.close()
@@ -207,54 +208,15 @@ def _print(bar, text: str, file=None) -> None:
         print(text, file=file or sys.stdout)
 
 
-class _LabelOutputs:
-    """``segment``'s --coco / --yolo outputs, written as the images are segmented."""
+def _label_outputs(args, names):
+    """``segment``'s --coco / --yolo outputs (``clips4rt.labels.DatasetWriter``), checked
+    and their libraries imported before any image is segmented."""
+    from clips4rt.labels import DatasetWriter
 
-    def __init__(self, args, names):
-        from clips4rt import labels as L
-
-        self.names, self.tolerance = names, args.tolerance
-        self.coco = self.yolo = None
-        if args.coco:
-            L.require("pycocotools")
-            if args.instances:
-                L.require("cv2")
-            self.coco_path = Path(args.coco).expanduser()
-            if not self.coco_path.parent.is_dir():
-                raise FileNotFoundError(f"--coco {args.coco}: no folder {self.coco_path.parent}")
-            self.coco = L.CocoWriter(names, instances=args.instances)
-        if args.yolo:
-            from clips4rt.files import write_atomic
-
-            L.require("cv2")
-            self.yolo = Path(args.yolo).expanduser()
-            (self.yolo / "labels").mkdir(parents=True, exist_ok=True)
-            write_atomic(self.yolo / "data.yaml", L.yolo_data_yaml(names).encode())
-            write_atomic(self.yolo / "classes.txt", "".join(f"{c}\n" for c in names).encode())
-
-    def add(self, r, image: Path, stem: Path) -> None:
-        from clips4rt import labels as L
-        from clips4rt.files import write_atomic
-
-        if self.coco is not None:  # file_name: relative to the inputs' common folder
-            self.coco.add(r.labels, stem.with_name(Path(image).name).as_posix())
-        if self.yolo is not None:
-            path = self.yolo / "labels" / f"{stem}.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lines = L.yolo_lines(r.labels, len(self.names), self.tolerance)
-            write_atomic(path, "".join(f"{ln}\n" for ln in lines).encode())
-
-    def close(self) -> None:
-        if self.coco is not None:
-            self.coco.write(self.coco_path)
-
-
-def _label_outputs(args, names) -> _LabelOutputs:
     if args.instances and not args.coco:
         raise ValueError("--instances shapes the --coco annotations: give --coco FILE too")
-    if not (isinstance(args.tolerance, float) and 0 <= args.tolerance <= 1000):
-        raise ValueError(f"--tolerance must be pixels in [0, 1000], got {args.tolerance}")
-    return _LabelOutputs(args, names)
+    return DatasetWriter(names, coco=args.coco, yolo=args.yolo, instances=args.instances,
+                         tolerance=args.tolerance)  # fmt: skip
 
 
 def _video(args) -> int:

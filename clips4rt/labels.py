@@ -205,6 +205,59 @@ def yolo_data_yaml(classes: Sequence[str]) -> str:
     return f"{head}\nnc: {len(classes)}\nnames:\n{names}\n"
 
 
+class DatasetWriter:
+    """A folder's labels as a COCO JSON (``coco``: its path) and/or YOLO-seg files
+    (``yolo``: a folder; ``labels/<name>.txt``, ``data.yaml``, ``classes.txt``), image by
+    image: ``add(labels, name)`` (``name``: the image's path relative to the dataset's
+    root, e.g. ``sub/x.jpg``; ``stem``: its YOLO file's, default ``sub/x``), then
+    ``close()`` writes the COCO JSON. Paths and libraries
+    are checked when it is made, before any image."""
+
+    def __init__(self, classes: Sequence[str], coco=None, yolo=None, instances: bool = False,
+                 tolerance: float = 1.0):  # fmt: skip
+        from pathlib import Path
+
+        from clips4rt.files import write_atomic
+
+        if not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1000):
+            raise ValueError(f"tolerance must be pixels in [0, 1000], got {tolerance!r}")
+        self.classes, self.tolerance = list(classes), float(tolerance)
+        self.coco = self.coco_path = self.yolo = None
+        if coco:
+            require("pycocotools")
+            if instances:
+                require("cv2")
+            self.coco_path = Path(coco).expanduser()
+            if not self.coco_path.parent.is_dir():
+                raise FileNotFoundError(f"--coco {coco}: no folder {self.coco_path.parent}")
+            self.coco = CocoWriter(self.classes, instances=instances)
+        if yolo:
+            require("cv2")
+            self.yolo = Path(yolo).expanduser()
+            (self.yolo / "labels").mkdir(parents=True, exist_ok=True)
+            write_atomic(self.yolo / "data.yaml", yolo_data_yaml(self.classes).encode())
+            write_atomic(self.yolo / "classes.txt",
+                         "".join(f"{c}\n" for c in self.classes).encode())  # fmt: skip
+
+    def add(self, labels: np.ndarray, name, stem=None) -> None:
+        from pathlib import Path
+
+        from clips4rt.files import write_atomic
+
+        name = Path(name)
+        if self.coco is not None:
+            self.coco.add(labels, name.as_posix())
+        if self.yolo is not None:
+            path = self.yolo / "labels" / f"{name.with_suffix('') if stem is None else stem}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lines = yolo_lines(labels, len(self.classes), self.tolerance)
+            write_atomic(path, "".join(f"{ln}\n" for ln in lines).encode())
+
+    def close(self) -> None:
+        if self.coco is not None:
+            self.coco.write(self.coco_path)
+
+
 # ------------------------------------------------------------------ supervision
 def to_detections(labels: np.ndarray, classes: Sequence[str], instances: bool = False,
                   scores: np.ndarray | None = None):  # fmt: skip
