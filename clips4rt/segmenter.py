@@ -21,7 +21,7 @@ from clips4rt.images import load_image
 from clips4rt.kernels import match_upsample, resize_rgb
 from clips4rt.prompts import check_classes
 from clips4rt.result import SegmentationResult, absolute_scores
-from clips4rt.stream import pipelined
+from clips4rt.stream import newest, pipelined
 from clips4rt.text import TextEncoder
 from clips4rt.vocab import Vocabulary, vocabulary
 from clips4rt.window import MAX_BATCH as WINDOW_BATCH
@@ -406,6 +406,7 @@ class Segmenter:
         classes,
         *,
         prefetch: int = 2,
+        latest: bool = False,
         **options,
     ) -> Iterator[SegmentationResult]:
         """Segment a stream of frames (arrays, PIL images or paths), yielding one
@@ -417,6 +418,13 @@ class Segmenter:
         (ImageError, ...) when the stream reaches it, after the frames before it.
         Options are checked now; break out of the loop or ``close()`` the generator
         to stop the worker early.
+
+        ``latest=True`` is for live sources (cameras, network streams) that deliver
+        faster than frames are segmented: a reader thread keeps only the newest frame
+        and the graph always takes that one, one frame in flight (``prefetch`` 1), so a
+        result is never older than one source period plus one frame's processing
+        (``clips4rt.stream.newest``); the frames in between are dropped, and results are
+        no longer one per frame.
         """
         q = self._query(classes, **options)
         if not (isinstance(prefetch, int) and 1 <= prefetch <= 64):
@@ -433,6 +441,8 @@ class Segmenter:
             image, emb = item
             return self._postprocess(emb, image, q)
 
+        if latest:
+            return pipelined(newest(frames), produce, consume, 1)
         return pipelined(frames, produce, consume, prefetch)
 
     def _query(

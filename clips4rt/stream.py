@@ -96,3 +96,65 @@ def pipelined(
             except queue.Empty:
                 pass
         worker.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+class _Slot:
+    """The newest item of a source read in a thread of its own (older ones dropped)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.item: Any = _DONE
+        self.fresh = False
+        self.ended = False
+        self.error: BaseException | None = None
+        self.dropped = 0
+
+
+def newest(items: Iterable, counter: list | None = None) -> Iterator:
+    """Iterate a live source so that each item asked for is the newest one there: a
+    reader thread pulls ``items`` as fast as they come and keeps only the last; an item
+    not asked for before the next arrives is dropped (``counter``, a list, gets the
+    number dropped appended when the iteration ends). For cameras and streams slower to
+    process than to deliver: what comes out is never older than one source period plus
+    the time the consumer took for the item before. The source's last item and its
+    error, if any, still come out; closing the iterator tells the reader to stop (a
+    daemon thread: one stalled inside its source ends at the source's next item)."""
+    slot = _Slot()
+
+    def read() -> None:
+        try:
+            for x in items:
+                with slot.cond:
+                    if stop.is_set():
+                        return
+                    slot.dropped += slot.fresh
+                    slot.item, slot.fresh = x, True
+                    slot.cond.notify()
+        except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
+            slot.error = e
+        finally:
+            with slot.cond:
+                slot.ended = True
+                slot.cond.notify()
+
+    reader = _Worker(read)
+    stop = reader.stop
+    _LIVE.add(reader)
+    reader.start()
+    try:
+        while True:
+            with slot.cond:
+                while not slot.fresh and not slot.ended:
+                    slot.cond.wait()
+                if slot.fresh:
+                    item, slot.item, slot.fresh = slot.item, None, False
+                elif slot.error is not None:
+                    raise slot.error
+                else:
+                    return
+            yield item
+    finally:
+        stop.set()
+        if counter is not None:
+            counter.append(slot.dropped)
+        reader.join(timeout=CLOSE_WAIT)  # a healthy source: until its next item

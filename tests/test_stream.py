@@ -214,3 +214,77 @@ def test_repeated_prompts_are_remembered_but_never_stale(seg, rng):
     t = seg.run(img, CLASSES, threshold=0.9)  # another threshold, another answer
     assert (t.labels == -1).any() and not (a.labels == -1).any()
     np.testing.assert_array_equal(seg.run(img, CLASSES).labels, a.labels)
+
+
+def _camera(n: int, period: float, born: dict):
+    """A live source: frame i (its index in pixel 0) is captured at t0 + i * period,
+    whether or not it is read then; like a camera's driver, the source keeps the frames
+    not read yet and hands them out in order."""
+    import time
+
+    t0 = time.monotonic()
+    for i in range(n):
+        born[i] = t0 + i * period
+        time.sleep(max(0.0, born[i] - time.monotonic()))
+        f = np.zeros((32, 48, 3), np.uint8)
+        f[0, 0, :2] = i % 256, i // 256
+        yield f
+
+
+def _latencies(stream, born) -> list[tuple[int, float]]:
+    import time
+
+    out = []
+    for r in stream:
+        i = int(r.image[0, 0, 0]) + 256 * int(r.image[0, 0, 1])
+        out.append((i, time.monotonic() - born[i]))
+    return out
+
+
+def test_latest_keeps_latency_bounded_with_a_slow_model(bundles):
+    """A model slower than the camera: latest=True answers with the newest frame, never
+    older than one period + one inference (+ slack for a loaded CI machine); without
+    it, frames queue up and the latency grows with the stream."""
+    period, slow, n = 0.01, 0.05, 40
+    seg = clips4rt.Segmenter(bundles["maskclip"], threads=1)
+    real = seg._embed_one
+
+    def sleepy(*a, **k):
+        import time
+
+        time.sleep(slow)
+        return real(*a, **k)
+
+    seg._embed_one = sleepy
+    born: dict = {}
+    fresh = _latencies(seg.stream(_camera(n, period, born), CLASSES, latest=True), born)
+    idx = [i for i, _ in fresh]
+    assert idx == sorted(set(idx)) and idx[-1] == n - 1  # in order, the last one included
+    assert len(idx) < n // 2  # frames were dropped, not queued
+    assert max(t for _, t in fresh) < period + slow + 0.1, fresh
+    born = {}
+    queued = _latencies(seg.stream(_camera(n, period, born), CLASSES), born)
+    assert [i for i, _ in queued] == list(range(n))
+    assert queued[-1][1] > 10 * (period + slow)  # what latest=True prevents
+
+
+def test_newest_passes_errors_and_counts_drops():
+    import time
+
+    from clips4rt.stream import newest
+
+    def src():
+        yield 1
+        time.sleep(0.05)
+        yield from (2, 3, 4)
+        time.sleep(0.05)
+        raise OSError("camera unplugged")
+
+    counter: list = []
+    got = []
+    with pytest.raises(OSError, match="unplugged"):
+        for x in newest(src(), counter):
+            got.append(x)
+            time.sleep(0.02)
+    assert got[0] == 1 and got[-1] == 4 and 3 not in got  # 2 and 3 came while busy
+    assert counter == [4 - len(got)]
