@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,16 +64,23 @@ def _summary(labels, names) -> str:
     return "; ".join(parts)
 
 
-def _expand(items: list[str]) -> list[tuple[Path, Path]]:
-    """(image path, output stem) for each input: a folder gives its image files (all
-    levels below), a quoted glob its matches. Output stems mirror each file's path
-    relative to the inputs' common folder, so a/x.png and b/x.png never collide."""
+def _expand(items: list[str]) -> list[tuple[Path | str, Path]]:
+    """(image path or URL, output stem) for each input: a folder gives its image files
+    (all levels below), a quoted glob its matches, an http(s) URL itself. Output stems
+    mirror each file's path relative to the inputs' common folder, so a/x.png and
+    b/x.png never collide; a URL's stem is its file name."""
     import glob
     from collections import Counter
 
+    from clips4rt.net import is_url
+
     files: list[Path] = []
+    urls: list[str] = []
     for item in items:
-        p = Path(item)
+        if is_url(item):
+            urls.append(item)
+            continue
+        p = Path(item).expanduser()
         if p.is_dir():
             found = sorted(
                 f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
@@ -85,13 +93,17 @@ def _expand(items: list[str]) -> list[tuple[Path, Path]]:
         else:
             files.append(p)
     files = list(dict.fromkeys(files))
+    urls = list(dict.fromkeys(urls))
     parents = [f.resolve().parent for f in files]
     root = Path(os.path.commonpath(parents)) if parents else Path(".")
+    sources: list[Path | str] = [*files, *urls]
+    names = [f.name for f in files] + [_url_name(u) for u in urls]
     stems = [f.resolve().parent.relative_to(root) / f.stem for f in files]
+    stems += [Path(Path(n).stem) for n in names[len(files) :]]
     # same folder, same stem (x.png, x.jpg): those keep their suffix (x.png_labels.png)
     seen = Counter(stems)
     clash = {s for s, k in seen.items() if k > 1}
-    stems = [s.with_name(f.name) if s in clash else s for f, s in zip(files, stems)]
+    stems = [s.with_name(n) if s in clash else s for n, s in zip(names, stems)]
     taken: set[Path] = set()
     for i, s in enumerate(stems):  # x.png beside x.png.jpg (stem x.png): a number
         n, t = 2, s
@@ -99,7 +111,17 @@ def _expand(items: list[str]) -> list[tuple[Path, Path]]:
             t, n = s.with_name(f"{s.name}~{n}"), n + 1
         taken.add(t)
         stems[i] = t
-    return list(zip(files, stems))
+    return list(zip(sources, stems))
+
+
+def _url_name(url: str) -> str:
+    """A safe file name for a URL's image: the last part of its path (or its host)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    name = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) or parts.hostname or "image"
+    name = re.sub(r"[^\w.-]", "_", name).lstrip(".") or "image"
+    return name[:120]
 
 
 def _options(args) -> dict:
@@ -181,7 +203,8 @@ def _segment(args) -> int:
         _save(label_png(r.labels, len(names)), out / f"{stem}_labels.png")
         _save(r.overlay(), out / f"{stem}_overlay.png")
         # COCO file_name: the path below the inputs' common folder; YOLO: the output stem
-        labels_out.add(r.labels, stem.with_name(Path(image).name), stem)
+        name = image.name if isinstance(image, Path) else _url_name(image)
+        labels_out.add(r.labels, stem.with_name(name), stem)
         _print(bar, f"{image}: {_summary(r.labels, names)} -> {out / f'{stem}_overlay.png'}")
     if bar is not None:
         bar.close()
@@ -221,13 +244,17 @@ def _label_outputs(args, names):
 
 def _video(args) -> int:
     from clips4rt.segmenter import Segmenter
-    from clips4rt.video import segment_video
+    from clips4rt.video import is_live, segment_video
 
     classes = _classes(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
     seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
     options = _options(args)
+    if args.latest and not is_live(args.input):
+        print("clips4rt video: --latest drops the frames that come while one is segmented; a "
+              "file is read faster than that, so most of its frames will be dropped",
+              file=sys.stderr)  # fmt: skip
     summary = segment_video(
         seg,
         args.input,
@@ -239,12 +266,14 @@ def _video(args) -> int:
         tolerance=args.tolerance,
         progress=not args.quiet,
         max_frames=args.max_frames,
+        latest=args.latest,
         **options,
     )
     written = ", ".join(str(p) for p in (summary["out"], summary["jsonl"], args.labels_dir) if p)
+    dropped = f" ({summary['dropped']} dropped for --latest)" if summary["dropped"] else ""
     print(
-        f"{summary['frames']} frames in {summary['seconds']:.1f} s = {summary['fps']:.1f} fps "
-        f"-> {written}"
+        f"{summary['frames']} frames{dropped} in {summary['seconds']:.1f} s = "
+        f"{summary['fps']:.1f} fps -> {written}"
     )
     for c, share in sorted(summary["share"].items(), key=lambda kv: -kv[1]):
         print(f"  {c:16s} {100 * share:5.1f}% of pixels")
@@ -342,7 +371,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"clips4rt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("segment", help="segment images by class names")
-    s.add_argument("images", nargs="+", help="image files, folders or quoted globs")
+    s.add_argument("images", nargs="+", help="image files, folders, quoted globs or http(s) URLs")
     s.add_argument("--model", help=MODEL_HELP)
     s.add_argument("--classes", help='comma-separated names, "cat,dog"')
     s.add_argument("--out", default="clips4rt_out", help="output folder")
@@ -362,8 +391,11 @@ def _parser() -> argparse.ArgumentParser:
     _common(s)
     _device(s)
     s.set_defaults(fn=_segment)
-    v = sub.add_parser("video", help="segment a video file or camera into an overlay video")
-    v.add_argument("input", help="video file, or a camera index (0 = /dev/video0)")
+    v = sub.add_parser("video", help="segment a video file, URL, stream or camera")
+    v.add_argument("input", help="video file, http(s) URL, live stream (rtsp://, rtmp://, "
+                   "srt://, udp://, tcp://) or camera (0 = the first; Windows: "
+                   '"video=NAME"). A live source runs until --max-frames or Ctrl-C and '
+                   "is reopened when lost")  # fmt: skip
     v.add_argument("--classes", help='comma-separated names, "person,car"')
     v.add_argument("--out", help="overlay video (.mp4, .mkv, .mov, .avi, .webm); optional "
                    "when --jsonl or --labels-dir is given")  # fmt: skip
@@ -380,6 +412,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--background", help="comma-separated background class names")
     v.add_argument("--threads", type=int, help="CPU threads")
     v.add_argument("--max-frames", type=int, help="stop after this many frames (cameras)")
+    v.add_argument("--latest", action="store_true", help="live sources: segment only the "
+                   "newest frame, drop the ones that came meanwhile (latency stays under one "
+                   "frame period + one frame's processing)")  # fmt: skip
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(v)
     _device(v)

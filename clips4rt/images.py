@@ -176,7 +176,8 @@ def load_image(
 ) -> np.ndarray:
     """Read an image into an HxWx3 uint8 RGB array (EXIF orientation applied).
 
-    Accepts a file path or the bytes of an image file (any format PIL reads;
+    Accepts a file path, an http(s) URL (fetched within ``clips4rt.net``'s size and
+    time bounds) or the bytes of an image file (any format PIL reads;
     grayscale, palette, RGBA/LA, 16-bit and CMYK are converted), a PIL image, or a
     numpy uint8 array HxWx3 (HxW / HxWx1 = grayscale). Raises ImageError (or
     FileNotFoundError) otherwise: also for images over ``max_pixels`` (default
@@ -202,8 +203,12 @@ def load_image(
         _check_pixels(*image.size, "PIL image", limit)
         out = _pil_checked(image, "PIL image")
     elif isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        if isinstance(image, (str, os.PathLike)):
-            path = src = Path(image)
+        if isinstance(image, str) and image[:8].lower().startswith(("http://", "https://")):
+            from clips4rt.net import fetch
+
+            path, src = image, io.BytesIO(fetch(image))
+        elif isinstance(image, (str, os.PathLike)):
+            path = src = Path(image).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"image file not found: {path}")
         else:

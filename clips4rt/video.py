@@ -16,10 +16,12 @@ interrupted run removes only the files it created.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from clips4rt.errors import VideoError
+from clips4rt.stream import newest
 from clips4rt.visualize import label_png
 
 # container suffix -> encoders to try, best first
@@ -50,19 +53,87 @@ def _av():
     return av
 
 
+# network sources: http(s) files are read like files (FFmpeg resumes a cut transfer by
+# HTTP Range); the others are live streams (see _live_frames for reconnecting)
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
+URL_SCHEMES = ("http", "https", *LIVE_SCHEMES)
+OPEN_TIMEOUT = 10.0  # seconds to connect to a network source
+READ_TIMEOUT = 10.0  # seconds without data before a network read is given up
+RECONNECT = 5  # attempts to reopen a lost live source (0.5, 1, 2, 4, 8 s apart)
+
+
+def _scheme(source) -> str | None:
+    if not isinstance(source, str) or "://" not in source:
+        return None
+    scheme = source.split("://", 1)[0].lower()
+    return scheme if scheme in URL_SCHEMES else None
+
+
+def _camera(source) -> tuple[str, str] | None:
+    """(device, FFmpeg input format) of a camera source, None for other sources: an index
+    (0, "0") opens the platform's device - /dev/video0 through v4l2 on Linux, device 0
+    through AVFoundation on macOS; Windows (DirectShow) names its cameras:
+    "video=Integrated Camera"; "/dev/video2" is taken as is on Linux."""
+    import sys
+
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        n = int(source)
+        if sys.platform.startswith("linux"):
+            return f"/dev/video{n}", "v4l2"
+        if sys.platform == "darwin":
+            return f"{n}:none", "avfoundation"  # video device n, no audio
+        if sys.platform == "win32":
+            raise VideoError(
+                f"camera {source}: on Windows give the camera by its name, e.g. "
+                '"video=Integrated Camera" (list them: ffmpeg -list_devices true -f dshow -i dummy)'
+            )
+        raise VideoError(f"camera {source}: no camera input known for {sys.platform}")
+    if isinstance(source, str) and source.startswith("video="):
+        return source, "dshow"
+    if isinstance(source, str) and re.fullmatch(r"/dev/video\d+", source):
+        return source, "v4l2"
+    return None
+
+
+def is_live(source) -> bool:
+    """Whether ``source`` is a live stream (a camera or an rtsp/rtmp/srt/udp/tcp URL):
+    no end of its own, reconnected when lost."""
+    return _camera(source) is not None or _scheme(source) in LIVE_SCHEMES
+
+
 def open_source(source):
-    """An opened PyAV input container for a file path or a camera index (0, "0":
-    /dev/video0 through video4linux2)."""
+    """An opened PyAV input container for a file path, an http(s) URL of a video, a live
+    stream URL (rtsp://, rtmp://, srt://, udp://, tcp://) or a camera (see ``_camera``).
+    Network sources connect within OPEN_TIMEOUT seconds and give up a read after
+    READ_TIMEOUT seconds without data."""
     av = _av()
-    camera = isinstance(source, int) or (isinstance(source, str) and source.isdigit())
-    if camera:
-        device = f"/dev/video{int(source)}"
+    camera = _camera(source)
+    if camera is not None:
+        device, fmt = camera
+        if fmt not in _formats(av):
+            raise VideoError(f"camera {source}: this PyAV build has no {fmt} input "
+                             "(install PyAV's wheel for this platform)")  # fmt: skip
         try:
-            return av.open(device, format="v4l2")
+            return av.open(device, format=fmt, timeout=(OPEN_TIMEOUT, READ_TIMEOUT))
         except (av.FFmpegError, OSError) as e:
             raise VideoError(f"cannot open camera {source} ({device}): {e}") from e
+    scheme = _scheme(source)
+    if scheme is not None:
+        options = {}
+        if scheme in ("http", "https"):  # a cut transfer resumes where it stopped
+            options = {"reconnect": "1", "reconnect_on_network_error": "1",
+                       "reconnect_delay_max": "8"}  # fmt: skip
+        elif scheme in ("rtsp", "rtsps"):
+            options = {"rtsp_flags": "prefer_tcp"}
+        try:
+            return av.open(source, options=options, timeout=(OPEN_TIMEOUT, READ_TIMEOUT))
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(f"cannot open {source} ({e})") from e
+    if isinstance(source, str) and "://" in source:
+        raise VideoError(f"{source}: unsupported URL scheme; use one of "
+                         f"{', '.join(s + '://' for s in URL_SCHEMES)} or a file path")  # fmt: skip
     try:
-        path = Path(source)
+        path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"video file not found: {path}")
         return av.open(str(path))
@@ -72,10 +143,14 @@ def open_source(source):
         raise VideoError(f"cannot open {source} as a video ({e})") from e
 
 
-def frames(container, times: list | None = None) -> Iterator[np.ndarray]:
-    """Decoded frames of the first video stream as HxWx3 uint8 RGB arrays (``times``:
-    each frame's presentation time in seconds, or None, is appended there as it is
-    decoded)."""
+def _formats(av) -> set[str]:
+    """Input format names of this PyAV build (FFmpeg lists aliases as "a,b")."""
+    return {n for f in av.formats_available for n in f.split(",")}
+
+
+def timed_frames(container) -> Iterator[tuple[np.ndarray, float | None]]:
+    """(HxWx3 uint8 RGB frame, presentation time in seconds or None) of the first video
+    stream, in decoding order."""
     av = _av()
     if not container.streams.video:
         raise VideoError(f"{container.name} has no video stream")
@@ -84,21 +159,87 @@ def frames(container, times: list | None = None) -> Iterator[np.ndarray]:
     index = 0
     try:
         for frame in container.decode(stream):
-            if times is not None:
-                times.append(frame.time)
-            yield frame.to_ndarray(format="rgb24")
+            yield frame.to_ndarray(format="rgb24"), frame.time
             index += 1
     except av.FFmpegError as e:
         raise VideoError(f"{container.name}: cannot decode frame {index} ({e})") from e
 
 
-def _encoder(av, path: Path, width: int, height: int, rate: Fraction):
+def frames(container, times: list | None = None) -> Iterator[np.ndarray]:
+    """Decoded frames of the first video stream as HxWx3 uint8 RGB arrays (``times``:
+    each frame's presentation time in seconds, or None, is appended there as it is
+    decoded)."""
+    for image, t in timed_frames(container):
+        if times is not None:
+            times.append(t)
+        yield image
+
+
+class SourceLost(VideoError):
+    """A live source failed and could not be reopened (``RECONNECT`` attempts)."""
+
+
+def live_frames(source, container=None, reconnect: int = RECONNECT, delay: float = 0.5,
+                opener=None) -> Iterator[tuple[np.ndarray, float | None]]:  # fmt: skip
+    """``timed_frames`` of a live source that reopens it when it is lost: after an error
+    or an end of stream, up to ``reconnect`` attempts ``delay``, 2x``delay``, ... (at most
+    8 s) apart; frames then continue, their times carried on from the last frame's (a
+    reopened stream's clock restarts). When every attempt fails: a source that had ended
+    ends the iteration; one that had failed raises :class:`SourceLost` with the cause.
+    ``container``: the source already opened (the first open's error is not retried)."""
+    opener = opener or open_source
+    container = container if container is not None else opener(source)
+    offset = 0.0
+    last: tuple[float, float] | None = None  # (time, monotonic clock) of the last frame
+    fresh = False  # the first frame after a reopen sets the offset
+    while True:
+        failed = None
+        try:
+            for image, t in timed_frames(container):
+                if t is not None:
+                    if fresh and last is not None:
+                        offset = last[0] + (time.monotonic() - last[1]) - t
+                    t += offset
+                    last = (t, time.monotonic())
+                fresh = False
+                yield image, t
+        except VideoError as e:
+            failed = e
+        finally:
+            container.close()
+        ended = failed is None
+        why = failed or VideoError("the stream ended")
+        for attempt in range(reconnect):
+            time.sleep(min(8.0, delay * 2**attempt))
+            try:
+                container = opener(source)
+                break
+            except VideoError as e:
+                why = e
+        else:
+            if ended:
+                return
+            raise SourceLost(
+                f"lost {source}: {why}; {reconnect} reconnect attempts failed"
+            ) from why
+        fresh = True
+
+
+# the output's clock where the source's own is finer than the mpeg4 encoder takes (at
+# most 65535 ticks a second: rtsp's 1/90000) or unknown: milliseconds
+TIME_BASE = Fraction(1, 1000)
+
+
+def _encoder(av, path: Path, width: int, height: int, rate: Fraction, time_base: Fraction):
     codecs = _CODECS[path.suffix.lower()]  # checked by _check_out
     out = av.open(str(path), "w")
     for name in codecs:
         if name not in av.codecs_available:
             continue
-        stream = out.add_stream(name, rate=rate)
+        # no B-frames: with them the mp4 muxer derives a variable-rate video's length
+        # from reordered decode times (a 9 s clip came out 4.2 s long)
+        stream = out.add_stream(name, rate=rate, options={"bf": "0"} if name == "libx264" else {})
+        stream.codec_context.time_base = time_base  # frames keep their source times
         stream.width, stream.height = width, height
         # 4:2:0 needs even sizes; odd frames keep their size in 4:4:4 (libx264)
         even = width % 2 == 0 and height % 2 == 0
@@ -120,6 +261,7 @@ def segment_video(
     tolerance: float = 1.0,
     progress: bool = True,
     max_frames: int | None = None,
+    latest: bool = False,
     **options,
 ) -> dict:
     """Segment every frame of ``source`` (path or camera index) and write the overlay
@@ -129,9 +271,21 @@ def segment_video(
     ``polygons``: ``"polygons": {class: [[x1, y1, x2, y2, ...], ...]}`` (pixels,
     ``clips4rt.labels.polygons`` within ``tolerance``; needs ``clips4rt[labels]``).
 
-    Returns a summary: frames, seconds, fps, and each class's share of all pixels.
-    Raises VideoError (missing codec, unreadable or empty input, unwritable
-    output) or FileNotFoundError; ``out`` and ``jsonl`` then do not exist.
+    ``source``: a file, an http(s) URL of a video, a live stream (rtsp://, rtmp://,
+    srt://, udp://, tcp://) or a camera (0 = the first; "video=NAME" on Windows). The
+    overlay video keeps each frame's source time, so a variable-frame-rate input keeps
+    its length. ``latest=True`` (live sources slower to segment than to deliver): only
+    the newest frame is segmented, the others are dropped (``clips4rt.stream.newest``).
+
+    A live source runs until ``max_frames``, Ctrl-C / SIGTERM, or its end; a lost one is
+    reopened (``live_frames``). There the outputs so far are kept: Ctrl-C ends the run
+    normally, and a source lost for good raises :class:`SourceLost` after the outputs
+    are complete.
+
+    Returns a summary: frames, seconds, fps, dropped (``latest``), and each class's
+    share of all pixels. Raises VideoError (missing codec, unreadable or empty input,
+    unwritable output) or FileNotFoundError; ``out`` and ``jsonl`` then do not exist
+    (a file or http(s) video: an interrupted run leaves nothing).
     """
     av = _av()
     if out is None and jsonl is None and labels_dir is None:
@@ -172,6 +326,9 @@ def segment_video(
             _unlock(fd, p)
         raise
     partial = partials[0] if out is not None else None
+    clock = _Clock(container)
+    dropped: list[int] = []  # frames latest=True skipped
+    stopped: list[BaseException] = []  # why a live source's run ended early
     lines = None
     written: list[Path] = []  # label PNGs of this run, removed if it fails
     counts = np.zeros(len(classes) + 1, np.int64)
@@ -182,16 +339,29 @@ def segment_video(
         if jsonl is not None:
             lines = open(partials[-1], "w", encoding="utf-8")  # noqa: SIM115 - closed below
         stream = container.streams.video[0] if container.streams.video else None
-        rate = (stream.average_rate or stream.guessed_rate or Fraction(25)) if stream else None
+        rate = clock.rate
         total = stream.frames if stream is not None and stream.frames else None
         if max_frames is not None:
             total = min(total or max_frames, max_frames)
         bar = _progress(progress, total)
-        times: list = []
-        results = segmenter.stream(frames(container, times), classes, **options)
+        live = is_live(source)
+        pairs = live_frames(source, container) if live else timed_frames(container)
+        if latest:
+            pairs = newest(pairs, dropped)
+        times: collections.deque = collections.deque()
+
+        def arrays():  # the stream's frames; their times wait here in the same order
+            try:
+                for image, t in pairs:
+                    times.append(t)
+                    yield image
+            finally:
+                pairs.close()
+
+        results = segmenter.stream(arrays(), classes, prefetch=1 if latest else 2, **options)
         try:
-            for r in results:
-                stamp = times.pop(0) if times else None  # results come in decoding order
+            for r in _until_stopped(results, live, stopped):
+                stamp = times.popleft() if times else None  # results come in decoding order
                 frame_counts = np.bincount(r.labels.ravel() + 1, minlength=len(classes) + 1)
                 counts += frame_counts
                 if lines is not None:
@@ -210,11 +380,13 @@ def segment_video(
                     if encoder is None:
                         h, w = r.labels.shape
                         try:
-                            encoder = _encoder(av, partial, w, h, Fraction(rate))
+                            encoder = _encoder(av, partial, w, h, rate, clock.time_base)
                         except (av.FFmpegError, OSError) as e:
                             raise VideoError(f"cannot write {out} ({e})") from e
-                    image = np.asarray(r.overlay())
-                    _encode(av, encoder, av.VideoFrame.from_ndarray(image, format="rgb24"), out)
+                    frame = av.VideoFrame.from_ndarray(np.asarray(r.overlay()), format="rgb24")
+                    frame.time_base = clock.time_base
+                    frame.pts = clock.pts(stamp)
+                    _encode(av, encoder, frame, out)
                 if labels_dir is not None:
                     path = labels_dir / f"{n:06d}.png"
                     # listed before it exists: a signal right after the open must still
@@ -233,11 +405,19 @@ def segment_video(
                     bar.update(1)
                 if max_frames is not None and n >= max_frames:
                     break
+        except KeyboardInterrupt as e:  # a live recording ends here, its outputs kept
+            if not live:
+                raise
+            stopped.append(e)
+            if len(written) > n:  # the frame being written when it came
+                written.pop().unlink(missing_ok=True)
         finally:
             results.close()
             if bar is not None:
                 bar.close()
         if n == 0:
+            if stopped and isinstance(stopped[0], SourceLost):
+                raise stopped[0]
             raise VideoError(f"{source}: the video has no frames")
         if out is not None:
             _encode(av, encoder, None, out)  # flush
@@ -270,15 +450,68 @@ def segment_video(
             _unlock(fd, None)
     seconds = time.perf_counter() - t0
     share = counts / max(1, counts.sum())
+    if stopped and not isinstance(stopped[0], KeyboardInterrupt):
+        kept = ", ".join(str(t) for t in targets + ([labels_dir] if labels_dir else []))
+        raise SourceLost(f"{stopped[0]}; the {n} frames before it are in {kept}") from stopped[0]
     return {
         "frames": n,
         "seconds": round(seconds, 3),
         "fps": round(n / seconds, 2),
+        "dropped": sum(dropped),
+        "interrupted": bool(stopped),
         "out": None if out is None else str(out),
         "jsonl": None if jsonl is None else str(jsonl),
         "share": {c: float(share[k + 1]) for k, c in enumerate(classes) if share[k + 1] > 0},
         "background": float(share[0]),
     }
+
+
+class _Clock:
+    """Output frame times from source times, in the source's own time base (TIME_BASE
+    where that is finer than 1/65535 s): the first frame at 0, each later one at its own
+    time (variable frame rates kept), always after the one before; a frame without a
+    time comes one period (of the stated rate, else 25 fps) after the last."""
+
+    def __init__(self, container):
+        stream = container.streams.video[0] if container.streams.video else None
+        rate = (stream.average_rate or stream.guessed_rate) if stream is not None else None
+        self.rate = Fraction(rate) if rate else Fraction(25)
+        tb = stream.time_base if stream is not None else None
+        fine = tb is not None and tb.numerator == 1 and tb.denominator <= 65535
+        self.time_base = Fraction(tb) if fine else TIME_BASE
+        self.step = max(1, round(1 / (self.rate * self.time_base)))
+        self.start: float | None = None
+        self.last = -1
+
+    def pts(self, t: float | None) -> int:
+        if t is None or (self.start is None and self.last >= 0):
+            pts = self.last + self.step
+        else:
+            if self.start is None:
+                self.start = t
+            pts = round((t - self.start) / self.time_base)
+        self.last = max(pts, self.last + 1)
+        return self.last
+
+
+def _until_stopped(results, live: bool, stopped: list) -> Iterator:
+    """The results; for a live source, Ctrl-C (or SIGTERM) and a lost source end the
+    iteration after the frames before them (the reason in ``stopped``), so that what
+    was recorded is kept."""
+    while True:
+        try:
+            r = next(results)
+        except StopIteration:
+            return
+        except (KeyboardInterrupt, SourceLost) as e:
+            if not live:
+                raise
+            stopped.append(e)
+            return
+        try:
+            yield r
+        except GeneratorExit:
+            return
 
 
 def _check_out(out: Path, source) -> Path:

@@ -52,15 +52,15 @@ def test_interrupted_run_removes_only_its_own_files(seg, rng, tmp_path, monkeypa
     labels = tmp_path / "labels"
     labels.mkdir()
     (labels / "notes.txt").write_text("mine")
-    real = video.frames
+    real = video.timed_frames
 
-    def interrupted(container, times=None):
-        for i, f in enumerate(real(container, times)):
+    def interrupted(container):
+        for i, f in enumerate(real(container)):
             if i == 4:
                 raise KeyboardInterrupt
             yield f
 
-    monkeypatch.setattr(video, "frames", interrupted)
+    monkeypatch.setattr(video, "timed_frames", interrupted)
     with pytest.raises(KeyboardInterrupt):
         video.segment_video(seg, clip, CLASSES, tmp_path / "o.mp4", labels_dir=labels,
                             progress=False)  # fmt: skip

@@ -82,15 +82,15 @@ def test_bad_inputs_leave_no_output(seg, rng, tmp_path):
 
 def test_failure_mid_video_removes_the_partial_file(seg, rng, tmp_path, monkeypatch):
     clip = _write_clip(tmp_path / "in.avi", _moving(rng, 6))
-    real = video.frames
+    real = video.timed_frames
 
-    def breaks(container, times=None):
-        for i, f in enumerate(real(container, times)):
+    def breaks(container):
+        for i, f in enumerate(real(container)):
             if i == 3:
                 raise clips4rt.VideoError("frame 3 is corrupt")
             yield f
 
-    monkeypatch.setattr(video, "frames", breaks)
+    monkeypatch.setattr(video, "timed_frames", breaks)
     out, labels = tmp_path / "o.mp4", tmp_path / "labels"
     labels.mkdir()
     (labels / "mine.txt").write_text("the user's file stays")

@@ -309,4 +309,3 @@ def text_parity(float_text, int8_text, image_graph, info, names=None) -> dict:
         "label_agreement": float((labels[0] == labels[1]).mean()),
         "bound": TEXT_MIN_COSINE,
     }
-
