@@ -179,15 +179,17 @@ class SourceLost(VideoError):
     """A live source failed and could not be reopened (``RECONNECT`` attempts)."""
 
 
-def live_frames(source, container=None, reconnect: int = RECONNECT, delay: float = 0.5,
+def live_frames(source, container=None, reconnect: int | None = None, delay: float = 0.5,
                 opener=None) -> Iterator[tuple[np.ndarray, float | None]]:  # fmt: skip
     """``timed_frames`` of a live source that reopens it when it is lost: after an error
     or an end of stream, up to ``reconnect`` attempts ``delay``, 2x``delay``, ... (at most
     8 s) apart; frames then continue, their times carried on from the last frame's (a
     reopened stream's clock restarts). When every attempt fails: a source that had ended
     ends the iteration; one that had failed raises :class:`SourceLost` with the cause.
-    ``container``: the source already opened (the first open's error is not retried)."""
+    ``container``: the source already opened (the first open's error is not retried);
+    ``reconnect``: default :data:`RECONNECT`."""
     opener = opener or open_source
+    reconnect = RECONNECT if reconnect is None else reconnect
     container = container if container is not None else opener(source)
     offset = 0.0
     last: tuple[float, float] | None = None  # (time, monotonic clock) of the last frame

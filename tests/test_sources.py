@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
 import threading
 import time
 from fractions import Fraction
@@ -186,7 +187,7 @@ def test_url_images_keep_the_decoding_limits(server, toy):
 
 
 def _clip(path, n=8, rate=10, size=(48, 64), times=None, codec="mpeg4"):
-    """A clip whose frame i is gray 20 * i (so a frame tells its index), at ``times``
+    """A clip whose frame i is gray 12 * i (so a frame tells its index), at ``times``
     (seconds; default i / rate)."""
     out = av.open(str(path), "w")
     s = out.add_stream(codec, rate=rate)
@@ -195,7 +196,7 @@ def _clip(path, n=8, rate=10, size=(48, 64), times=None, codec="mpeg4"):
     tb = Fraction(1, 1000)
     s.codec_context.time_base = tb
     for i in range(n):
-        f = av.VideoFrame.from_ndarray(np.full((*size, 3), 20 * i % 256, np.uint8), "rgb24")
+        f = av.VideoFrame.from_ndarray(np.full((*size, 3), 12 * i % 256, np.uint8), "rgb24")
         f.time_base, f.pts = tb, round((i / rate if times is None else times[i]) / tb)
         for p in s.encode(f):
             out.mux(p)
@@ -356,14 +357,17 @@ def test_variable_frame_rate_keeps_its_times(tmp_path, toy, suffix):
     assert abs(length - src) <= 0.05 * src, (length, src)
 
 
-class _Slow:
-    """A stand-in segmenter slower than its source: each result's labels say which
-    frame it was (gray 20 * i -> class i), so its JSON line's time can be checked."""
+class _Tagger:
+    """A stand-in segmenter (``delay`` s a frame): each result's labels say which frame
+    it was (gray 12 * i -> class i), so its JSON line tells the frame and its time."""
+
+    def __init__(self, delay=0.0):
+        self.delay = delay
 
     def stream(self, frames, classes, prefetch=2, **options):
         def produce(frame):  # pipelined as Segmenter.stream is: the next frame is taken early
-            time.sleep(0.02)
-            return _Result(np.full((4, 4), round(int(frame[0, 0, 0]) / 20), np.int32))
+            time.sleep(self.delay)
+            return _Result(np.full((4, 4), round(int(frame[0, 0, 0]) / 12), np.int32))
 
         return pipelined(frames, produce, lambda r: r, prefetch)
 
@@ -377,10 +381,71 @@ def test_latest_drops_frames_but_keeps_each_kept_frames_time(tmp_path):
     rate = 100
     clip = _clip(tmp_path / "in.mkv", n=12, rate=rate)
     names = [f"c{i}" for i in range(12)]
-    summary = video.segment_video(_Slow(), str(clip), names, jsonl=tmp_path / "l.jsonl",
+    summary = video.segment_video(_Tagger(0.02), str(clip), names, jsonl=tmp_path / "l.jsonl",
                                   progress=False, latest=True)  # fmt: skip
     lines = _lines(tmp_path / "l.jsonl")
     assert summary["dropped"] > 0 and summary["frames"] + summary["dropped"] == 12
     for line in lines:
         (name,) = line["share"]
         assert line["time"] == pytest.approx(int(name[1:]) / rate, abs=1e-3)
+
+
+_SENDER = """
+import sys, time
+from fractions import Fraction
+import av, numpy as np
+port, parts, n = map(int, sys.argv[1:4])
+for part in range(parts):  # each part: listen, stream n frames to the client, hang up
+    o = av.open(f"tcp://127.0.0.1:{port}?listen=1&listen_timeout=20000", "w", format="mpegts")
+    s = o.add_stream("mpeg4", rate=25)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    s.codec_context.time_base = Fraction(1, 25)
+    for i in range(part * n, part * n + n):
+        f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 12 * i % 256, np.uint8), "rgb24")
+        f.pts, f.time_base = i, Fraction(1, 25)
+        for p in s.encode(f):
+            o.mux(p)
+        time.sleep(0.02)
+    for p in s.encode():
+        o.mux(p)
+    o.close()
+"""
+
+
+def _listening(port: int) -> bool:
+    """Whether a socket listens on 127.0.0.1:port (Linux's /proc/net/tcp), found without
+    connecting to it."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return any(r[1] == f"0100007F:{port:04X}" and r[3] == "0A" for r in rows)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux's /proc/net/tcp")
+def test_live_tcp_stream_lost_and_reopened(tmp_path, monkeypatch):
+    """A real live stream (MPEG-TS over TCP from another process on 127.0.0.1) that hangs
+    up after 10 frames and comes back for 10 more: the run reconnects and keeps all 20
+    frames, in order, with times that go on; it ends when the source does not return."""
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(video, "RECONNECT", 2)  # 0.5 s and 1 s: the end is found sooner
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sender = subprocess.Popen([sys.executable, "-c", _SENDER, str(port), "2", "10"])
+    try:
+        for _ in range(200):
+            if _listening(port):
+                break
+            time.sleep(0.05)
+        lines = tmp_path / "live.jsonl"
+        names = [f"c{i}" for i in range(20)]
+        summary = video.segment_video(_Tagger(), f"tcp://127.0.0.1:{port}", names,
+                                      jsonl=lines, progress=False)  # fmt: skip
+    finally:
+        sender.wait(timeout=30)
+    assert summary["frames"] == 20 and not summary["interrupted"]
+    assert [next(iter(line["share"])) for line in _lines(lines)] == names
+    times = [line["time"] for line in _lines(lines)]
+    assert all(b > a for a, b in zip(times, times[1:]))
