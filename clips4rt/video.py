@@ -9,16 +9,16 @@ complete.
 
 The user's files are safe: the output is checked (suffix, not a folder, not the
 input) before anything is decoded; one run writes an output at a time (an exclusive
-lock on its temporary file); label PNGs are created exclusively, so an existing
-``000000.png`` is never overwritten (the run stops instead), and a failed or
-interrupted run removes only the files it created.
+lock on its temporary file, where the OS has flock); label PNGs are created
+exclusively, so an existing ``000000.png`` is never overwritten (the run stops
+instead), and a failed or interrupted run removes only the files it created (a live
+source's run keeps its outputs: see ``segment_video``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -32,6 +32,11 @@ import numpy as np
 from clips4rt.errors import VideoError
 from clips4rt.stream import newest
 from clips4rt.visualize import label_png
+
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked against a second run
+    fcntl = None
 
 # container suffix -> encoders to try, best first
 _CODECS = {
@@ -54,7 +59,7 @@ def _av():
 
 
 # network sources: http(s) files are read like files (FFmpeg resumes a cut transfer by
-# HTTP Range); the others are live streams (see _live_frames for reconnecting)
+# HTTP Range); the others are live streams (see live_frames for reconnecting)
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
 URL_SCHEMES = ("http", "https", *LIVE_SCHEMES)
 OPEN_TIMEOUT = 10.0  # seconds to connect to a network source
@@ -487,7 +492,7 @@ class _Clock:
 
     def pts(self, t: float | None) -> int:
         if t is None or (self.start is None and self.last >= 0):
-            pts = self.last + self.step
+            pts = self.last + self.step if self.last >= 0 else 0
         else:
             if self.start is None:
                 self.start = t
@@ -560,6 +565,9 @@ def _lock(partial: Path, out: Path) -> int:
     """An exclusive lock on this output's temporary file (created if missing; a stale
     one left by a killed run is taken over): one writer per output path."""
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    if fcntl is None:  # no flock: nothing held open (Windows renames no open file)
+        os.close(fd)
+        return -1
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -572,6 +580,8 @@ def _lock(partial: Path, out: Path) -> int:
 def _unlock(fd: int, partial: Path | None) -> None:
     if partial is not None:  # failed before any frame: the empty temporary goes too
         partial.unlink(missing_ok=True)
+    if fd < 0:
+        return
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)

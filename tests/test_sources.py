@@ -153,6 +153,18 @@ def test_segment_images_by_url(server, tmp_path, toy):
     np.testing.assert_array_equal(toy.run(f"{server.url}/b/photo.jpg", TOY).labels, direct)
 
 
+def test_url_names_stay_inside_the_output_folder():
+    from clips4rt.cli import _url_name
+
+    assert _url_name("https://h/a/photo.jpg?x=1#y") == "photo.jpg"
+    for url in ("https://h/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "https://h/..", "https://h/.x",
+                "https://h/a%00b", "https://h/" + "a" * 500):  # fmt: skip
+        name = _url_name(url)
+        assert "/" not in name and "\\" not in name and not name.startswith(".")
+        assert "\0" not in name and 0 < len(name) <= 120
+    assert _url_name("https://host.example/") == "host.example"
+
+
 def test_fetch_is_bounded_in_size_and_time(server):
     server.files["/x.png"] = data = _png(_scene())
     assert net.fetch(f"{server.url}/x.png") == data
