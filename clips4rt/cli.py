@@ -425,6 +425,25 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--classes", help="comma-separated names (default: the toy world's 20)")
     d.add_argument("--threads", type=int, help="CPU threads")
     d.set_defaults(fn=_demo)
+    sv = sub.add_parser("serve", help="an HTTP API and a web page for a model (the serve extra)")
+    sv.add_argument("--model", help=MODEL_HELP)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
+                    "any other needs --token)")  # fmt: skip
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1/* (default: "
+                    "$CLIPS4RT_TOKEN; the page takes it as #token=TOKEN)")  # fmt: skip
+    sv.add_argument("--max-body", type=float, default=20, help="MB of one request (default 20)")
+    sv.add_argument("--max-concurrent", type=int, default=2, help="inferences at once; "
+                    "others wait up to --queue-timeout s, then 503 (default 2)")  # fmt: skip
+    sv.add_argument("--queue-timeout", type=float, default=10.0)
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds of one inference "
+                    "before 504 (default 60)")  # fmt: skip
+    sv.add_argument("--allow-urls", action="store_true", help="let clients send an image URL "
+                    "for the server to fetch (off: a server fetching for its clients reaches "
+                    "what they cannot)")  # fmt: skip
+    sv.add_argument("--threads", type=int, help="CPU threads")
+    _device(sv)
+    sv.set_defaults(fn=_serve)
     i = sub.add_parser("info", help="print a bundle's metadata")
     i.add_argument("model", nargs="?", help=MODEL_HELP)
     i.set_defaults(fn=_info)
@@ -440,6 +459,18 @@ MODEL_HELP = (
     "the cache; `clips4rt models`) or an https:// URL of a bundle (default: the embedded "
     "toy model)"
 )
+
+
+def _serve(args) -> int:
+    from clips4rt.serve import Limits, serve
+
+    if args.max_body <= 0 or args.max_concurrent < 1 or args.timeout <= 0:
+        raise ValueError("--max-body and --timeout must be > 0, --max-concurrent >= 1")
+    limits = Limits(max_body=int(args.max_body * 2**20), max_concurrent=args.max_concurrent,
+                    queue_timeout=args.queue_timeout, timeout=args.timeout)  # fmt: skip
+    serve(args.model, args.host, args.port, args.token, limits, args.allow_urls, args.threads,
+          **_device_options(args))  # fmt: skip
+    return 0
 
 
 def _models(args) -> int:
