@@ -174,9 +174,14 @@ def _classes(args):
 def _segment(args) -> int:
     from clips4rt.files import write_atomic
     from clips4rt.segmenter import Segmenter
-    from clips4rt.visualize import label_png
 
     classes = _classes(args)
+    if args.ray is not None:
+        from clips4rt.raydata import require
+
+        require()  # before anything is loaded
+        if args.ray_actors < 1 or (args.threads is not None and args.threads < 1):
+            raise ValueError("--ray-actors and --threads must be >= 1")
     seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
     options = _options(args)
     names = seg._query(classes, **options).vocab.classes  # checks every option now
@@ -189,27 +194,87 @@ def _segment(args) -> int:
     write_atomic(out / "classes.txt", "".join(f"{c}\n" for c in names).encode())
     failed = 0
     bar = _progress(len(inputs), args.quiet)
-    for image, stem in inputs:
-        try:
-            r = seg.run(image, classes, **options)
-        except (ImageError, FileNotFoundError) as e:
-            _print(bar, f"skipped {image}: {e}", sys.stderr)
+    results = (
+        _ray_results(args, inputs, classes, options)
+        if args.ray is not None
+        else ((image, stem, *_run_one(seg, image, classes, options)) for image, stem in inputs)
+    )
+    for image, stem, labels, files, error in results:
+        if bar is not None:
+            bar.update(1)
+        if error:
+            _print(bar, f"skipped {image}: {error}", sys.stderr)
             failed += 1
             continue
-        finally:
-            if bar is not None:
-                bar.update(1)
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
-        _save(label_png(r.labels, len(names)), out / f"{stem}_labels.png")
-        _save(r.overlay(), out / f"{stem}_overlay.png")
+        for suffix, content in zip(("_labels.png", "_overlay.png"), files):
+            if isinstance(content, bytes):  # encoded by a Ray actor as _save would
+                write_atomic(out / f"{stem}{suffix}", content)
+            else:
+                _save(content, out / f"{stem}{suffix}")
         # COCO file_name: the path below the inputs' common folder; YOLO: the output stem
         name = image.name if isinstance(image, Path) else _url_name(image)
-        labels_out.add(r.labels, stem.with_name(name), stem)
-        _print(bar, f"{image}: {_summary(r.labels, names)} -> {out / f'{stem}_overlay.png'}")
+        labels_out.add(labels, stem.with_name(name), stem)
+        _print(bar, f"{image}: {_summary(labels, names)} -> {out / f'{stem}_overlay.png'}")
     if bar is not None:
         bar.close()
     labels_out.close()
     return 1 if failed else 0
+
+
+def _run_one(seg, image, classes, options):
+    """(labels, (label PNG image, overlay image), error) of one image, in this process."""
+    from clips4rt.visualize import label_png
+
+    try:
+        r = seg.run(image, classes, **options)
+    except (ImageError, FileNotFoundError) as e:
+        return None, None, str(e)
+    return r.labels, (label_png(r.labels, len(r.classes)), r.overlay()), ""
+
+
+def _ray_results(args, inputs, classes, options):
+    """``_run_one``'s answers for every input, from a pool of Ray actors (in input order)."""
+    from clips4rt import raydata
+
+    ray = raydata.init(None if args.ray == "local" else args.ray)
+    rows = [{"path": str(image), "index": i} for i, (image, _) in enumerate(inputs)]
+    ds = raydata.segment_dataset(ray.data.from_items(rows), classes, args.model,
+                                 actors=args.ray_actors, threads=args.threads or 1,
+                                 batch_size=args.ray_batch, **options)  # fmt: skip
+    for row in in_order(ds.iter_rows()):
+        image, stem = inputs[int(row["index"])]
+        if row["error"]:
+            yield image, stem, None, None, row["error"].split(": ", 1)[-1]
+            continue
+        labels = _labels_of_png(row["labels_png"])
+        yield image, stem, labels, (bytes(row["labels_png"]), bytes(row["overlay_png"])), ""
+
+
+def in_order(rows):
+    """Rows numbered 0, 1, 2... by their ``index``, yielded in that order whatever order
+    they come in (those ahead of their turn wait: COCO ids and the printout then match a
+    serial run's)."""
+    waiting, turn = {}, 0
+    for row in rows:
+        waiting[int(row["index"])] = row
+        while turn in waiting:
+            yield waiting.pop(turn)
+            turn += 1
+    if waiting:
+        raise RuntimeError(f"rows {sorted(waiting)[:5]}... came without row {turn}")
+
+
+def _labels_of_png(data: bytes) -> np.ndarray:
+    """The (H, W) int32 labels of a label PNG (255 / 65535 = background -> -1)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    background = 255 if img.mode in ("P", "L") else 65535  # label_png's two forms
+    a = np.asarray(img).astype(np.int32)
+    return np.where(a == background, -1, a)
 
 
 def _progress(n: int, quiet: bool):
@@ -379,6 +444,13 @@ def _parser() -> argparse.ArgumentParser:
                    "car=0.6,person=0.4")  # fmt: skip
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="spread the "
+                   "images over Ray actors (the ray extra): a local Ray without ADDRESS, "
+                   "else the cluster at ADDRESS ('auto', 'ray://head:10001'); the same files "
+                   "as without --ray")  # fmt: skip
+    s.add_argument("--ray-actors", type=int, default=2, help="--ray: Segmenters (actors), "
+                   "each with --threads threads (default 1)")  # fmt: skip
+    s.add_argument("--ray-batch", type=int, default=8, help="--ray: images per actor call")
     s.add_argument("--coco", help="also write a COCO JSON here: one RLE mask per class per "
                    "image (pip install 'clips4rt[labels]')")  # fmt: skip
     s.add_argument("--instances", action="store_true", help="--coco: one annotation per "

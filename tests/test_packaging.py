@@ -49,6 +49,7 @@ def test_wheel_installs_only_the_namespaced_runtime(wheel):
     assert top == {"clips4rt", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
     assert any(re.fullmatch(r"clips4rt/_cpu\..*(so|pyd)", n) for n in names), names
     assert "clips4rt/models/toy.onnx" in names  # the embedded default model
+    assert "clips4rt/data/index.html" in names  # clips4rt serve's page
     assert not [n for n in names if n.endswith((".pt", ".pth", ".safetensors"))]
     assert "clips4rt/export/graphs.py" in names  # `clips4rt export` without a checkout
     with zipfile.ZipFile(wheel) as z:  # no torch code in the runtime; none of train anywhere
