@@ -7,7 +7,8 @@ Endpoints (``GET /openapi.json`` describes them):
   (``"image"``: base64; ``"url"``: only with ``--allow-urls``), ``classes`` (a list, or
   "cat,dog") and ``run``'s options (threshold, background, window, window_stride, size,
   logit_scale). Answers JSON - size, classes, each class's share of the pixels, the label
-  PNG in base64, with ``overlay`` the overlay PNG, with ``polygons`` each class's polygons
+  PNG in base64, with ``overlay`` the overlay PNG, with ``polygons`` each class's polygons,
+  with ``coco`` a one-image COCO dataset (RLE masks)
   - or, with ``format`` labels / overlay (or ``Accept: image/png``), the PNG itself, or
   with ``format=raw`` the labels as bytes, row-major uint8 with 255 = background (uint16
   little-endian, 65535, above 255 classes; headers X-Width, X-Height, X-Dtype): no
@@ -45,7 +46,7 @@ log = logging.getLogger("clips4rt.serve")
 
 TOKEN_ENV = "CLIPS4RT_TOKEN"
 FIELDS = ("image", "url", "classes", "threshold", "background", "window", "window_stride",
-          "size", "logit_scale", "format", "overlay", "polygons")  # fmt: skip
+          "size", "logit_scale", "format", "overlay", "polygons", "coco")  # fmt: skip
 FORMATS = ("json", "labels", "overlay", "raw")
 
 
@@ -197,7 +198,7 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
             raise HTTPError(422, "BadField", "'image' must be a file or a base64 string")
         return image
 
-    def options_of(fields: dict) -> tuple[list[str], dict, str, bool, bool]:
+    def options_of(fields: dict) -> tuple[list[str], dict, str, dict]:
         from clips4rt.cli import _split, _threshold
 
         classes = fields.get("classes")
@@ -230,9 +231,18 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
         fmt = str(fields.get("format") or "json").lower()
         if fmt not in FORMATS:
             raise HTTPError(422, "BadField", f"'format' must be one of {', '.join(FORMATS)}")
-        return classes, opts, fmt, _flag(fields.get("overlay")), _flag(fields.get("polygons"))
+        extras = {k: _flag(fields.get(k)) for k in ("overlay", "polygons", "coco")}
+        for key, module in (("polygons", "cv2"), ("coco", "pycocotools")):
+            if extras[key]:
+                from clips4rt.labels import require
 
-    def infer(image: bytes, classes, opts, fmt: str, overlay: bool, polygons: bool):
+                try:
+                    require(module)
+                except ImportError as e:
+                    raise HTTPError(422, "Unavailable", f"'{key}' on this server: {e}") from None
+        return classes, opts, fmt, extras
+
+    def infer(image: bytes, classes, opts, fmt: str, extras: dict):
         """The inference and its encoding (in a worker thread)."""
         from clips4rt.visualize import label_png
 
@@ -256,9 +266,11 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
             "background": int(counts[0]) / r.labels.size,
             "labels_png": base64.b64encode(_png(label_png(r.labels, len(r.classes)))).decode(),
         }
-        if overlay:
+        if extras["overlay"]:
             out["overlay_png"] = base64.b64encode(_png(r.overlay())).decode()
-        if polygons:
+        if extras["coco"]:  # one image (id 1), one RLE annotation per class present
+            out["coco"] = r.to_coco("image")
+        if extras["polygons"]:
             from clips4rt.labels import polygons as polys
 
             out["polygons"] = {c: [p.astype(int).ravel().tolist() for p in polys(r.labels == k)]
@@ -270,7 +282,7 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
         check_token(request)
         fields = await parse(request)
         image = await run_in_threadpool(image_of, fields) if "url" in fields else image_of(fields)
-        classes, opts, fmt, overlay, polys = options_of(fields)
+        classes, opts, fmt, extras = options_of(fields)
         if "format" not in fields and "image/png" in request.headers.get("accept", ""):
             fmt = "labels"
         if slots is None:
@@ -281,8 +293,7 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
             raise HTTPError(503, "Busy", f"{limits.max_concurrent} inferences running and "
                             f"none ended within {limits.queue_timeout:g} s; retry later",
                             {"Retry-After": "1"}) from None  # fmt: skip
-        task = asyncio.ensure_future(run_in_threadpool(infer, image, classes, opts, fmt,
-                                                       overlay, polys))  # fmt: skip
+        task = asyncio.ensure_future(run_in_threadpool(infer, image, classes, opts, fmt, extras))
         task.add_done_callback(lambda _: slots.release())  # the slot is held until it ends
         try:
             out = await asyncio.wait_for(asyncio.shield(task), limits.timeout)
@@ -384,7 +395,8 @@ OPENAPI = {
                         "window_stride": {"type": "integer"}, "size": {"type": "integer"},
                         "logit_scale": {"type": "number"},
                         "format": {"enum": list(FORMATS)},
-                        "overlay": {"type": "boolean"}, "polygons": {"type": "boolean"}}}},
+                        "overlay": {"type": "boolean"}, "polygons": {"type": "boolean"},
+                        "coco": {"type": "boolean"}}}},
                 "application/json": {"schema": {"type": "object", "required": ["classes"],
                     "properties": {
                         "image": {"type": "string", "description": "base64 of an image file"},

@@ -93,7 +93,8 @@ def _labels(png: bytes) -> np.ndarray:
 def test_segment_equals_the_in_process_run(server, seg):
     data = SCENE.read_bytes()
     want = seg.run(data, TOY)
-    body, headers = _multipart({"image": data, "classes": ",".join(TOY), "overlay": "true"})
+    body, headers = _multipart({"image": data, "classes": ",".join(TOY), "overlay": "true",
+                                "coco": "1", "polygons": "yes"})  # fmt: skip
     status, _, raw = server.request("POST", "/v1/segment", body, headers)
     assert status == 200, raw
     out = json.loads(raw)
@@ -102,6 +103,13 @@ def test_segment_equals_the_in_process_run(server, seg):
     assert out["share"] == {c: counts[k + 1] / want.labels.size for k, c in enumerate(TOY)}
     assert out["classes"] == TOY and (out["width"], out["height"]) == (128, 128)
     assert Image.open(io.BytesIO(base64.b64decode(out["overlay_png"]))).size == (128, 128)
+    from pycocotools import mask as mu  # the dev extra has it (else the server says 422)
+
+    for ann in out["coco"]["annotations"]:
+        k = ann["category_id"] - 1
+        np.testing.assert_array_equal(mu.decode(ann["segmentation"]), want.labels == k)
+    assert len(out["coco"]["annotations"]) == int((counts[1:] > 0).sum())
+    assert set(out["polygons"]) == {c for k, c in enumerate(TOY) if counts[k + 1]}
     # JSON with base64, a threshold, and the PNG itself by format / Accept
     payload = {"image": base64.b64encode(data).decode(), "classes": TOY, "threshold": 0.5}
     for extra, accept in (({"format": "labels"}, None), ({}, "image/png")):
