@@ -180,6 +180,10 @@ def _segment(args) -> int:
         from clips4rt.raydata import require
 
         require()  # before anything is loaded
+        if args.ray not in ("local", "auto") and ":" not in args.ray:
+            raise ValueError(f"--ray {args.ray!r} is not a Ray address ('auto', "
+                             "'ray://head:10001', 'head:6379'); put --ray after the images, "
+                             "or write --ray local")  # fmt: skip
         if args.ray_actors < 1 or (args.threads is not None and args.threads < 1):
             raise ValueError("--ray-actors and --threads must be >= 1")
     seg = Segmenter(args.model, threads=args.threads, **_device_options(args))

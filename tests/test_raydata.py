@@ -84,3 +84,11 @@ def test_rows_are_written_in_input_order_whatever_order_they_come_in():
     assert [r["index"] for r in in_order(rows)] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(RuntimeError, match="without row 1"):
         list(in_order([{"index": 0}, {"index": 2}]))
+
+
+def test_a_folder_taken_for_the_ray_address_is_refused(tmp_path, capsys):
+    for name in ("photos", "more"):
+        (tmp_path / name).mkdir()
+    argv = ["segment", "--ray", str(tmp_path / "photos"), str(tmp_path / "more")]
+    assert main([*argv, "--classes", "sky"]) == 2
+    assert "not a Ray address" in capsys.readouterr().err
