@@ -31,8 +31,10 @@ def require():
 
 def png_bytes(img) -> bytes:
     """``img`` as PNG bytes, encoded exactly as ``clips4rt.visualize.save_image`` saves it."""
+    from clips4rt.visualize import png_level
+
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1 if img.width * img.height > 1 << 20 else 6)
+    img.save(buf, format="PNG", compress_level=png_level(img))
     return buf.getvalue()
 
 

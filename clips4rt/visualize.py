@@ -153,14 +153,21 @@ def overlay(
     return img
 
 
+def png_level(img: Image.Image) -> int:
+    """The PNG compression level files are written with: 1 for colour images (a 640x480
+    overlay: 20 ms instead of 108 ms at Pillow's default 6, files ~16 % larger; a
+    4000x3000 one: ~0.9 s instead of ~2.9 s) and for anything over 1 MP; 6 for small
+    palette and grayscale images (label PNGs: ~2 ms at 640x480, and they compress well)."""
+    small = img.width * img.height <= 1 << 20
+    return 6 if small and img.mode in ("P", "L", "1", "I;16", "I") else 1
+
+
 def save_image(img: Image.Image, path) -> None:
-    """Save with settings chosen for speed on big images: PNG compression level 1
-    (a 4000x3000 overlay: ~0.9 s instead of ~2.9 s at Pillow's default 6, files ~13 %
-    larger), JPEG quality 90."""
+    """Save with settings chosen for speed: PNG at :func:`png_level`, JPEG quality 90."""
     path = Path(path)
     ext = path.suffix.lower()
     if ext == ".png":
-        img.save(path, compress_level=1 if img.width * img.height > 1 << 20 else 6)
+        img.save(path, compress_level=png_level(img))
     elif ext in (".jpg", ".jpeg"):
         img.save(path, quality=90)
     else:

@@ -316,3 +316,12 @@ def test_overlay_legend_scales_wraps_and_never_draws_boxes(tmp_path, rng):
         overlay(big[:100, :100], np.zeros((100, 100), np.int32), ["\U0010fffd thing"])
     save_image(img, tmp_path / "o.png")
     assert Image.open(tmp_path / "o.png").size == (4000, 3000)
+
+
+def test_png_level_fast_for_colour_and_big_images():
+    from clips4rt.visualize import png_level
+
+    assert png_level(Image.new("RGB", (640, 480))) == 1  # overlays: 5x faster than level 6
+    assert png_level(Image.new("P", (640, 480))) == 6  # label PNGs: small and cheap anyway
+    assert png_level(Image.new("I;16", (64, 48))) == 6
+    assert png_level(Image.new("P", (1025, 1024))) == 1  # over 1 MP: speed first
