@@ -175,6 +175,8 @@ def _segment(args) -> int:
     from clips4rt.files import write_atomic
     from clips4rt.segmenter import Segmenter
 
+    if args.discover:
+        return _discover(args)
     classes = _classes(args)
     if args.ray is not None:
         from clips4rt.raydata import require
@@ -223,6 +225,50 @@ def _segment(args) -> int:
     if bar is not None:
         bar.close()
     labels_out.close()
+    return 1 if failed else 0
+
+
+def _discover(args) -> int:
+    """``segment --discover``: class-free segments per image (``Segmenter.discover``):
+    ``<name>_segments.png`` (index = segment), ``<name>_overlay.png`` and
+    ``<name>_segments.json`` (each segment's share and, with --vocabulary, names)."""
+    from clips4rt.files import write_atomic
+    from clips4rt.segmenter import Segmenter
+    from clips4rt.visualize import label_png
+
+    if args.classes or args.classes_file or args.ray is not None or args.coco or args.yolo:
+        raise ValueError("--discover finds segments without classes: drop --classes, "
+                         "--classes-file, --coco, --yolo and --ray (name them with "
+                         "--vocabulary)")  # fmt: skip
+    vocabulary = None
+    if args.vocabulary:
+        path = Path(args.vocabulary).expanduser()
+        if path.is_file():
+            from clips4rt.vocab import read_classes_file
+
+            vocabulary = list(read_classes_file(path))
+        else:
+            vocabulary = _split(args.vocabulary)
+    seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
+    inputs = _expand(args.images)
+    if not inputs:
+        raise FileNotFoundError(f"no image files in {args.images}")
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for image, stem in inputs:
+        try:
+            d = seg.discover(image, args.k, vocabulary, size=args.size)
+        except (ImageError, FileNotFoundError) as e:
+            print(f"skipped {image}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
+        _save(label_png(d.labels, d.k), out / f"{stem}_segments.png")
+        _save(d.overlay(), out / f"{stem}_overlay.png")
+        write_atomic(out / f"{stem}_segments.json", json.dumps(d.to_dict(), indent=1).encode())
+        parts = ", ".join(f"{s.name} {100 * s.share:.1f}%" for s in d.segments)
+        print(f"{image}: {d.k} segments: {parts} -> {out / f'{stem}_overlay.png'}")
     return 1 if failed else 0
 
 
@@ -448,6 +494,12 @@ def _parser() -> argparse.ArgumentParser:
                    "car=0.6,person=0.4")  # fmt: skip
     s.add_argument("--background", help="comma-separated background class names")
     s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--discover", action="store_true", help="class-free segments instead of "
+                   "classes (clusters of the pixel embeddings; Segmenter.discover)")  # fmt: skip
+    s.add_argument("--k", type=int, help="--discover: this many segments (default: chosen "
+                   "by the best silhouette in [2, 12])")  # fmt: skip
+    s.add_argument("--vocabulary", help="--discover: name each segment by its nearest "
+                   'entries: a file (one name a line) or "sky,road,car"')  # fmt: skip
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="spread the "
                    "images over Ray actors (the ray extra): a local Ray without ADDRESS, "
                    "else the cluster at ADDRESS ('auto', 'ray://head:10001'); the same files "

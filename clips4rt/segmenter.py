@@ -366,6 +366,17 @@ class Segmenter:
         batch = 1 if self._trt is not None else WINDOW_BATCH
         return embed_windows(self.embed, frame, *win, self.info.stride, batch=batch)
 
+    def discover(self, image, k: int | None = None, vocabulary=None, **options):
+        """Class-free segments of ``image``: clusters of its pixel embeddings (``k``, or
+        chosen by the best mean silhouette in [2, ``max_k``]), each optionally named by
+        its ``top`` nearest ``vocabulary`` entries with cosine and, where the bundle is
+        calibrated, an absolute score. Returns a ``clips4rt.discover.Discovery`` (labels,
+        segments, overlay()). Options: max_k, top, seed, min_silhouette, size, window,
+        window_stride; the method: ``clips4rt.discover``."""
+        from clips4rt.discover import discover
+
+        return discover(self, image, k, vocabulary, **options)
+
     def run_batch(
         self,
         images: Sequence,
