@@ -24,6 +24,7 @@ from clips4rt.stream import pipelined
 
 av = pytest.importorskip("av", reason="the `video` extra (PyAV) is not installed")
 video = pytest.importorskip("clips4rt.video")
+sources = pytest.importorskip("clips4rt.sources")
 
 TOY = ["sky", "grass", "water", "sand", "brick wall", "snow", "ball", "star", "tree", "car",
        "pyramid"]  # fmt: skip
@@ -247,7 +248,7 @@ def test_unreachable_sources_fail_fast_and_leave_nothing(server, tmp_path, toy):
         t0 = time.monotonic()
         with pytest.raises(clips4rt.VideoError, match=words):
             video.segment_video(toy, url, TOY, out, progress=False)
-        assert time.monotonic() - t0 < video.OPEN_TIMEOUT + 5
+        assert time.monotonic() - t0 < sources.OPEN_TIMEOUT + 5
         assert list(tmp_path.iterdir()) == []
     assert main(["video", "rtsp://127.0.0.1:1/live", "--classes", "sky", "--out", str(out)]) == 2
 
@@ -288,9 +289,9 @@ def _breaking(real):
 
 def test_live_source_is_reopened_and_its_clock_carried_on(tmp_path, monkeypatch):
     clip = _clip(tmp_path / "in.mkv", n=6)
-    monkeypatch.setattr(video, "timed_frames", _breaking(video.timed_frames))
+    monkeypatch.setattr(sources, "timed_frames", _breaking(sources.timed_frames))
     source = _Source(clip, ["break", "refuse", "ok"])
-    got = list(video.live_frames("rtsp://camera", reconnect=3, delay=0.01, opener=source))
+    got = list(sources.live_frames("rtsp://camera", reconnect=3, delay=0.01, opener=source))
     # the break, a refused reopen, a good one to its end, then 3 refused: it has ended
     assert source.opens == 6
     assert len(got) == 3 + 6
@@ -299,14 +300,14 @@ def test_live_source_is_reopened_and_its_clock_carried_on(tmp_path, monkeypatch)
     # every attempt refused after an error: lost, with the cause
     source = _Source(clip, ["break"])
     with pytest.raises(video.SourceLost, match="3 reconnect attempts failed"):
-        list(video.live_frames("rtsp://camera", reconnect=3, delay=0.01, opener=source))
+        list(sources.live_frames("rtsp://camera", reconnect=3, delay=0.01, opener=source))
     assert source.opens == 4
 
 
 def test_lost_or_interrupted_live_source_keeps_its_outputs(tmp_path, monkeypatch, toy):
     clip = _clip(tmp_path / "in.mkv", n=6)
-    monkeypatch.setattr(video, "timed_frames", _breaking(video.timed_frames))
-    monkeypatch.setattr(video, "RECONNECT", 1)
+    monkeypatch.setattr(sources, "timed_frames", _breaking(sources.timed_frames))
+    monkeypatch.setattr(sources, "RECONNECT", 1)
     source = _Source(clip, ["ok", "break"])
     monkeypatch.setattr(video, "open_source", source)
     monkeypatch.setattr(video, "is_live", lambda s: True)
@@ -441,7 +442,7 @@ def test_live_tcp_stream_lost_and_reopened(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    monkeypatch.setattr(video, "RECONNECT", 2)  # 0.5 s and 1 s: the end is found sooner
+    monkeypatch.setattr(sources, "RECONNECT", 2)  # 0.5 s and 1 s: the end is found sooner
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
