@@ -12,14 +12,13 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from clips4rt.errors import BundleError, DownloadError, ImageError, VideoError
-from clips4rt.images import IMAGE_SUFFIXES
+from clips4rt.inputs import expand, url_name
 
 
 def _save(img, path: Path) -> None:
@@ -62,66 +61,6 @@ def _summary(labels, names) -> str:
     if counts[0]:
         parts.append(f"background {100 * counts[0] / labels.size:.1f}%")
     return "; ".join(parts)
-
-
-def _expand(items: list[str]) -> list[tuple[Path | str, Path]]:
-    """(image path or URL, output stem) for each input: a folder gives its image files
-    (all levels below), a quoted glob its matches, an http(s) URL itself. Output stems
-    mirror each file's path relative to the inputs' common folder, so a/x.png and
-    b/x.png never collide; a URL's stem is its file name."""
-    import glob
-    from collections import Counter
-
-    from clips4rt.net import is_url
-
-    files: list[Path] = []
-    urls: list[str] = []
-    for item in items:
-        if is_url(item):
-            urls.append(item)
-            continue
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                print(f"skipped {p}: no image files in this folder", file=sys.stderr)
-            files += found
-        elif not p.exists() and glob.has_magic(item):
-            files += sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-        else:
-            files.append(p)
-    files = list(dict.fromkeys(files))
-    urls = list(dict.fromkeys(urls))
-    parents = [f.resolve().parent for f in files]
-    root = Path(os.path.commonpath(parents)) if parents else Path(".")
-    sources: list[Path | str] = [*files, *urls]
-    names = [f.name for f in files] + [_url_name(u) for u in urls]
-    stems = [f.resolve().parent.relative_to(root) / f.stem for f in files]
-    stems += [Path(Path(n).stem) for n in names[len(files) :]]
-    # same folder, same stem (x.png, x.jpg): those keep their suffix (x.png_labels.png)
-    seen = Counter(stems)
-    clash = {s for s, k in seen.items() if k > 1}
-    stems = [s.with_name(n) if s in clash else s for n, s in zip(names, stems)]
-    taken: set[Path] = set()
-    for i, s in enumerate(stems):  # x.png beside x.png.jpg (stem x.png): a number
-        n, t = 2, s
-        while t in taken:
-            t, n = s.with_name(f"{s.name}~{n}"), n + 1
-        taken.add(t)
-        stems[i] = t
-    return list(zip(sources, stems))
-
-
-def _url_name(url: str) -> str:
-    """A safe file name for a URL's image: the last part of its path (or its host)."""
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(url)
-    name = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) or parts.hostname or "image"
-    name = re.sub(r"[^\w.-]", "_", name).lstrip(".") or "image"
-    return name[:120]
 
 
 def _options(args) -> dict:
@@ -179,9 +118,9 @@ def _segment(args) -> int:
         return _discover(args)
     classes = _classes(args)
     if args.ray is not None:
-        from clips4rt.raydata import require
+        from clips4rt import raydata
 
-        require()  # before anything is loaded
+        raydata.require()  # before anything is loaded
         if args.ray not in ("local", "auto") and ":" not in args.ray:
             raise ValueError(f"--ray {args.ray!r} is not a Ray address ('auto', "
                              "'ray://head:10001', 'head:6379'); put --ray after the images, "
@@ -191,7 +130,7 @@ def _segment(args) -> int:
     seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
     options = _options(args)
     names = seg._query(classes, **options).vocab.classes  # checks every option now
-    inputs = _expand(args.images)
+    inputs = expand(args.images)
     if not inputs:
         raise FileNotFoundError(f"no image files in {args.images}")
     out = Path(args.out).expanduser()
@@ -201,7 +140,16 @@ def _segment(args) -> int:
     failed = 0
     bar = _progress(len(inputs), args.quiet)
     results = (
-        _ray_results(args, inputs, classes, options)
+        raydata.results(
+            args.ray,
+            inputs,
+            classes,
+            args.model,
+            actors=args.ray_actors,
+            threads=args.threads or 1,
+            batch_size=args.ray_batch,
+            **options,
+        )
         if args.ray is not None
         else ((image, stem, *_run_one(seg, image, classes, options)) for image, stem in inputs)
     )
@@ -219,7 +167,7 @@ def _segment(args) -> int:
             else:
                 _save(content, out / f"{stem}{suffix}")
         # COCO file_name: the path below the inputs' common folder; YOLO: the output stem
-        name = image.name if isinstance(image, Path) else _url_name(image)
+        name = image.name if isinstance(image, Path) else url_name(image)
         labels_out.add(labels, stem.with_name(name), stem)
         _print(bar, f"{image}: {_summary(labels, names)} -> {out / f'{stem}_overlay.png'}")
     if bar is not None:
@@ -250,7 +198,7 @@ def _discover(args) -> int:
         else:
             vocabulary = _split(args.vocabulary)
     seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
-    inputs = _expand(args.images)
+    inputs = expand(args.images)
     if not inputs:
         raise FileNotFoundError(f"no image files in {args.images}")
     out = Path(args.out).expanduser()
@@ -281,50 +229,6 @@ def _run_one(seg, image, classes, options):
     except (ImageError, FileNotFoundError) as e:
         return None, None, str(e)
     return r.labels, (label_png(r.labels, len(r.classes)), r.overlay()), ""
-
-
-def _ray_results(args, inputs, classes, options):
-    """``_run_one``'s answers for every input, from a pool of Ray actors (in input order)."""
-    from clips4rt import raydata
-
-    ray = raydata.init(None if args.ray == "local" else args.ray)
-    rows = [{"path": str(image), "index": i} for i, (image, _) in enumerate(inputs)]
-    ds = raydata.segment_dataset(ray.data.from_items(rows), classes, args.model,
-                                 actors=args.ray_actors, threads=args.threads or 1,
-                                 batch_size=args.ray_batch, **options)  # fmt: skip
-    for row in in_order(ds.iter_rows()):
-        image, stem = inputs[int(row["index"])]
-        if row["error"]:
-            yield image, stem, None, None, row["error"].split(": ", 1)[-1]
-            continue
-        labels = _labels_of_png(row["labels_png"])
-        yield image, stem, labels, (bytes(row["labels_png"]), bytes(row["overlay_png"])), ""
-
-
-def in_order(rows):
-    """Rows numbered 0, 1, 2... by their ``index``, yielded in that order whatever order
-    they come in (those ahead of their turn wait: COCO ids and the printout then match a
-    serial run's)."""
-    waiting, turn = {}, 0
-    for row in rows:
-        waiting[int(row["index"])] = row
-        while turn in waiting:
-            yield waiting.pop(turn)
-            turn += 1
-    if waiting:
-        raise RuntimeError(f"rows {sorted(waiting)[:5]}... came without row {turn}")
-
-
-def _labels_of_png(data: bytes) -> np.ndarray:
-    """The (H, W) int32 labels of a label PNG (255 / 65535 = background -> -1)."""
-    import io
-
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data))
-    background = 255 if img.mode in ("P", "L") else 65535  # label_png's two forms
-    a = np.asarray(img).astype(np.int32)
-    return np.where(a == background, -1, a)
 
 
 def _progress(n: int, quiet: bool):

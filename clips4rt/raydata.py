@@ -113,3 +113,44 @@ def init(address: str | None, num_cpus: int | None = None):
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no plan printout per run
     return ray
+
+
+def results(address, inputs, classes, model, *, actors: int, threads: int, batch_size: int,
+            **options):  # fmt: skip
+    """What ``clips4rt segment --ray`` writes, per input (``(image, stem)`` pairs), in
+    input order: ``(image, stem, labels, (label PNG bytes, overlay PNG bytes), error)``."""
+    ray = init(None if address == "local" else address)
+    rows = [{"path": str(image), "index": i} for i, (image, _) in enumerate(inputs)]
+    ds = segment_dataset(ray.data.from_items(rows), classes, model, actors=actors,
+                         threads=threads, batch_size=batch_size, **options)  # fmt: skip
+    for row in in_order(ds.iter_rows()):
+        image, stem = inputs[int(row["index"])]
+        if row["error"]:
+            yield image, stem, None, None, row["error"].split(": ", 1)[-1]
+            continue
+        labels = labels_of_png(row["labels_png"])
+        yield image, stem, labels, (bytes(row["labels_png"]), bytes(row["overlay_png"])), ""
+
+
+def in_order(rows):
+    """Rows numbered 0, 1, 2... by their ``index``, yielded in that order whatever order
+    they come in (those ahead of their turn wait: COCO ids and the printout then match a
+    serial run's)."""
+    waiting, turn = {}, 0
+    for row in rows:
+        waiting[int(row["index"])] = row
+        while turn in waiting:
+            yield waiting.pop(turn)
+            turn += 1
+    if waiting:
+        raise RuntimeError(f"rows {sorted(waiting)[:5]}... came without row {turn}")
+
+
+def labels_of_png(data: bytes) -> np.ndarray:
+    """The (H, W) int32 labels of a label PNG (255 / 65535 = background -> -1)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    background = 255 if img.mode in ("P", "L") else 65535  # label_png's two forms
+    a = np.asarray(img).astype(np.int32)
+    return np.where(a == background, -1, a)

@@ -78,7 +78,7 @@ def test_segment_dataset_of_image_bytes(local_ray):
 
 
 def test_rows_are_written_in_input_order_whatever_order_they_come_in():
-    from clips4rt.cli import in_order
+    from clips4rt.raydata import in_order
 
     rows = [{"index": i} for i in (3, 0, 2, 1, 5, 4)]
     assert [r["index"] for r in in_order(rows)] == [0, 1, 2, 3, 4, 5]

@@ -155,7 +155,7 @@ def test_segment_images_by_url(server, tmp_path, toy):
 
 
 def test_url_names_stay_inside_the_output_folder():
-    from clips4rt.cli import _url_name
+    from clips4rt.inputs import url_name as _url_name
 
     assert _url_name("https://h/a/photo.jpg?x=1#y") == "photo.jpg"
     for url in ("https://h/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "https://h/..", "https://h/.x",
