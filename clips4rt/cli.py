@@ -18,21 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from clips4rt.errors import BundleError, DownloadError, ImageError, VideoError
+from clips4rt.files import save_image_atomic
 from clips4rt.inputs import expand, url_name
-
-
-def _save(img, path: Path) -> None:
-    """Save a PIL image atomically: a hidden temporary name in the same folder, then a
-    rename; on any error nothing (no 0-byte or partial file) is left at either name."""
-    from clips4rt.visualize import save_image
-
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        save_image(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _split(text: str) -> list[str]:
@@ -162,10 +149,10 @@ def _segment(args) -> int:
             continue
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         for suffix, content in zip(("_labels.png", "_overlay.png"), files):
-            if isinstance(content, bytes):  # encoded by a Ray actor as _save would
+            if isinstance(content, bytes):  # encoded by a Ray actor as save_image_atomic would
                 write_atomic(out / f"{stem}{suffix}", content)
             else:
-                _save(content, out / f"{stem}{suffix}")
+                save_image_atomic(content, out / f"{stem}{suffix}")
         # COCO file_name: the path below the inputs' common folder; YOLO: the output stem
         name = image.name if isinstance(image, Path) else url_name(image)
         labels_out.add(labels, stem.with_name(name), stem)
@@ -180,9 +167,8 @@ def _discover(args) -> int:
     """``segment --discover``: class-free segments per image (``Segmenter.discover``):
     ``<name>_segments.png`` (index = segment), ``<name>_overlay.png`` and
     ``<name>_segments.json`` (each segment's share and, with --vocabulary, names)."""
-    from clips4rt.files import write_atomic
+    from clips4rt.discover import write_folder
     from clips4rt.segmenter import Segmenter
-    from clips4rt.visualize import label_png
 
     if args.classes or args.classes_file or args.ray is not None or args.coco or args.yolo:
         raise ValueError("--discover finds segments without classes: drop --classes, "
@@ -201,22 +187,8 @@ def _discover(args) -> int:
     inputs = expand(args.images)
     if not inputs:
         raise FileNotFoundError(f"no image files in {args.images}")
-    out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for image, stem in inputs:
-        try:
-            d = seg.discover(image, args.k, vocabulary, size=args.size)
-        except (ImageError, FileNotFoundError) as e:
-            print(f"skipped {image}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        (out / stem).parent.mkdir(parents=True, exist_ok=True)
-        _save(label_png(d.labels, d.k), out / f"{stem}_segments.png")
-        _save(d.overlay(), out / f"{stem}_overlay.png")
-        write_atomic(out / f"{stem}_segments.json", json.dumps(d.to_dict(), indent=1).encode())
-        parts = ", ".join(f"{s.name} {100 * s.share:.1f}%" for s in d.segments)
-        print(f"{image}: {d.k} segments: {parts} -> {out / f'{stem}_overlay.png'}")
+    failed = write_folder(seg, inputs, Path(args.out).expanduser(), args.k, vocabulary,
+                          size=args.size)  # fmt: skip
     return 1 if failed else 0
 
 
@@ -321,7 +293,7 @@ def _demo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "demo_overlay.png"
-    _save(r.overlay(scale=max(1, 512 // max(r.labels.shape))), path)
+    save_image_atomic(r.overlay(scale=max(1, 512 // max(r.labels.shape))), path)
     total = r.labels.size
     found = sorted(((int((r.labels == k).sum()), c) for k, c in enumerate(classes)), reverse=True)
     print(

@@ -194,3 +194,34 @@ def discover(segmenter, image, k: int | None = None, vocabulary=None, *, max_k: 
                         float(1 / (1 + np.exp(-(a * row[j] + b)))) if a else None)
                        for j in best]  # fmt: skip
     return Discovery(labels, segments, centroids, sil, image)
+
+
+def write_folder(segmenter, inputs, out, k=None, vocabulary=None, **options) -> int:
+    """``clips4rt segment --discover``: for each ``(image, stem)`` of ``inputs``
+    (``clips4rt.inputs.expand``), ``<stem>_segments.png`` (index = segment, largest
+    first), ``<stem>_overlay.png`` and ``<stem>_segments.json`` (``Discovery.to_dict``)
+    under ``out``, written atomically, and a line on stdout; an unreadable image is
+    skipped with its reason on stderr. Returns the number skipped."""
+    import json
+    import sys
+
+    from clips4rt.errors import ImageError
+    from clips4rt.files import save_image_atomic, write_atomic
+    from clips4rt.visualize import label_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for image, stem in inputs:
+        try:
+            d = discover(segmenter, image, k, vocabulary, **options)
+        except (ImageError, FileNotFoundError) as e:
+            print(f"skipped {image}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
+        save_image_atomic(label_png(d.labels, d.k), out / f"{stem}_segments.png")
+        save_image_atomic(d.overlay(), out / f"{stem}_overlay.png")
+        write_atomic(out / f"{stem}_segments.json", json.dumps(d.to_dict(), indent=1).encode())
+        parts = ", ".join(f"{s.name} {100 * s.share:.1f}%" for s in d.segments)
+        print(f"{image}: {d.k} segments: {parts} -> {out / f'{stem}_overlay.png'}")
+    return failed

@@ -58,3 +58,19 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_image_atomic(img, path: str | Path) -> None:
+    """Save a PIL image (``clips4rt.visualize.save_image``'s settings) as
+    :func:`write_atomic` writes bytes: a hidden temporary name, then a rename; on any
+    error nothing (no 0-byte or partial file) is left at either name."""
+    from clips4rt.visualize import save_image
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        save_image(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
