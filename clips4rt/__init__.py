@@ -11,6 +11,7 @@ Depends on numpy, onnxruntime and pillow only.
 from clips4rt import visualize
 from clips4rt.bundle import FORMAT_VERSION, BundleInfo
 from clips4rt.errors import BundleError, ImageError, VideoError
+from clips4rt.fewshot import Head, fit_head
 from clips4rt.images import load_image
 from clips4rt.segmenter import SegmentationResult, Segmenter, default_model
 from clips4rt.tokenizer import tokenize
@@ -20,11 +21,13 @@ __all__ = [
     "FORMAT_VERSION",
     "BundleError",
     "BundleInfo",
+    "Head",
     "ImageError",
     "SegmentationResult",
     "Segmenter",
     "VideoError",
     "default_model",
+    "fit_head",
     "load_image",
     "tokenize",
     "visualize",

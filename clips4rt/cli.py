@@ -66,6 +66,10 @@ def _options(args) -> dict:
         options["window_stride"] = args.window_stride
     if args.logit_scale is not None:
         options["logit_scale"] = args.logit_scale
+    if args.head is not None:  # read (and checked) once, here
+        from clips4rt.fewshot import Head
+
+        options["head"] = Head.load(args.head)
     if args.templates is not None:
         from clips4rt.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 
@@ -84,7 +88,10 @@ def _options(args) -> dict:
 
 
 def _classes(args):
-    """--classes "cat,dog" or --classes-file FILE (one class a line, synonyms by '|')."""
+    """--classes "cat,dog" or --classes-file FILE (one class a line, synonyms by '|');
+    neither with --head (its classes alone)."""
+    if args.classes is None and args.classes_file is None and args.head is not None:
+        return None
     if (args.classes is None) == (args.classes_file is None):
         raise ValueError('give --classes "cat,dog" or --classes-file FILE (one of them)')
     if args.classes_file is not None:
@@ -163,6 +170,39 @@ def _segment(args) -> int:
     return 1 if failed else 0
 
 
+def _fit_head(args) -> int:
+    """``fit-head``: a few-shot head from images and their masks (``clips4rt.fewshot``)."""
+    from clips4rt.fewshot import fit_head
+    from clips4rt.segmenter import Segmenter
+
+    classes = _classes(args)
+    if isinstance(classes, dict):
+        classes = list(classes)
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists: pass --force to replace it, or another --out")
+    masks_dir = Path(args.masks).expanduser()
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(f"--masks {masks_dir} is not a folder")
+    inputs = [(image, stem) for image, stem in expand(args.images) if isinstance(image, Path)]
+    if not inputs:
+        raise FileNotFoundError(f"no image files in {args.images}")
+    masks = []
+    for image, _ in inputs:
+        mask = masks_dir / f"{image.stem}.png"
+        if not mask.is_file():
+            raise FileNotFoundError(f"no mask for {image}: expected {mask}")
+        masks.append(mask)
+    seg = Segmenter(args.model, threads=args.threads, **_device_options(args))
+    head = fit_head(seg, [i for i, _ in inputs], masks, classes, init=args.init,
+                    steps=args.steps, size=args.size)  # fmt: skip
+    head.save(out)
+    cells = head.meta["cells"]
+    print(f"{out}: {len(head.classes)} classes from {len(inputs)} images ("
+          + ", ".join(f"{c} {n} cells" for c, n in cells.items()) + ")")
+    return 0
+
+
 def _discover(args) -> int:
     """``segment --discover``: class-free segments per image (``Segmenter.discover``):
     ``<name>_segments.png`` (index = segment), ``<name>_overlay.png`` and
@@ -170,9 +210,10 @@ def _discover(args) -> int:
     from clips4rt.discover import write_folder
     from clips4rt.segmenter import Segmenter
 
-    if args.classes or args.classes_file or args.ray is not None or args.coco or args.yolo:
+    if (args.classes or args.classes_file or args.head or args.ray is not None or args.coco
+            or args.yolo):  # fmt: skip
         raise ValueError("--discover finds segments without classes: drop --classes, "
-                         "--classes-file, --coco, --yolo and --ray (name them with "
+                         "--classes-file, --head, --coco, --yolo and --ray (name them with "
                          "--vocabulary)")  # fmt: skip
     vocabulary = None
     if args.vocabulary:
@@ -337,6 +378,8 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head", help="a few-shot head file (clips4rt fit-head): its classes "
+                   "follow --classes (or are the only ones)")  # fmt: skip
     p.add_argument("--classes-file", help="class file: one class a line, its names (synonyms) "
                    "separated by '|', e.g. person|man|woman (instead of --classes)")  # fmt: skip
     p.add_argument("--size", type=int, help="short side the graph runs at (default: bundle's)")
@@ -448,6 +491,25 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, help="CPU threads")
     _device(sv)
     sv.set_defaults(fn=_serve)
+    f = sub.add_parser("fit-head", help="fit a few-shot head on labelled images "
+                       "(clips4rt.fit_head): segment with --head FILE")  # fmt: skip
+    f.add_argument("images", nargs="+", help="image files, folders or quoted globs")
+    f.add_argument("--masks", required=True, help="folder of masks: <image stem>.png, pixel "
+                   "value = class index (0-based, in --classes order; 255 = ignore)")  # fmt: skip
+    f.add_argument("--classes", help='comma-separated names of the indices, "crate,pallet"')
+    f.add_argument("--classes-file", help="class file, one name a line (the first name of "
+                   "each line counts)")  # fmt: skip
+    f.add_argument("--out", required=True, help="head file to write (.npz)")
+    f.add_argument("--model", help=MODEL_HELP)
+    f.add_argument("--init", choices=("text", "imprint"), default="text", help="text: start "
+                   "from the names' prompts (default); imprint: from the labelled pixels "
+                   "alone (names the text model cannot know)")  # fmt: skip
+    f.add_argument("--steps", type=int, default=100, help="refinement steps (0 = none)")
+    f.add_argument("--size", type=int, help="short side the graph runs at (default: bundle's)")
+    f.add_argument("--force", action="store_true", help="replace --out if it exists")
+    f.add_argument("--threads", type=int, help="CPU threads")
+    _device(f)
+    f.set_defaults(fn=_fit_head, head=None)
     i = sub.add_parser("info", help="print a bundle's metadata")
     i.add_argument("model", nargs="?", help=MODEL_HELP)
     i.set_defaults(fn=_info)

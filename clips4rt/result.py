@@ -138,6 +138,9 @@ def absolute_scores(info, vocab, protos, emb, size, threads: int = 0) -> dict:
     from clips4rt.kernels import match_upsample
 
     def cosine(k: int) -> np.ndarray:
+        if vocab.fitted is not None and k >= vocab.fitted:
+            raise ValueError(f"{vocab.classes[k]!r} comes from a fitted head: the bundle's "
+                             "score calibration is for text prompts; use scores instead")
         e = emb() if callable(emb) else emb
         rows = [k] if vocab.owner is None else np.flatnonzero(vocab.owner == k)
         return match_upsample(e, protos[rows], size, 1.0, threads=threads)[1]

@@ -40,6 +40,7 @@ __all__ = [
 MAX_SIZE = 4096  # the ``size`` option (short side of the graph input)
 MAX_INPUT_PIXELS = 1 << 22  # graph input pixels (2048 x 2048), Segmenter(max_input_pixels=)
 MAX_BATCH = 16  # images per graph run in run_batch (larger groups run in chunks)
+MAX_PROTOTYPES = 10_000  # text names + head prototypes of one call (as MAX_CLASSES)
 
 
 def default_model() -> Path:
@@ -55,6 +56,26 @@ def default_model() -> Path:
 
 def _positive_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
+def _head_key(head):
+    """The memo key of a ``head`` option: the Head itself (by identity), a path with its
+    size and time (a rewritten file is read again), Ellipsis otherwise."""
+    if head is None or not isinstance(head, (str, os.PathLike)):
+        return head if head is None or hasattr(head, "prototypes") else Ellipsis
+    try:
+        st = Path(head).expanduser().stat()
+    except OSError:
+        return Ellipsis
+    return (str(head), st.st_size, st.st_mtime_ns)
+
+
+def _asked(vocab: Vocabulary) -> list[str]:
+    """The names a call asks for: its text names, and a fitted head's class names."""
+    if vocab.fitted is None:
+        return vocab.names
+    n = len(vocab.names) - int((vocab.owner >= vocab.fitted).sum())
+    return vocab.names[:n] + vocab.classes[vocab.fitted :]
 
 
 def _memo_key(v):
@@ -221,6 +242,7 @@ class Segmenter:
             self._matcher = DV.GraphMatcher(self._image, self.providers, self._options())
         self.text = TextEncoder(self._text, self.info, text_path, cache_dir)
         self._last_prompts = None
+        self._image_sha: str | None = None
 
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
@@ -323,6 +345,9 @@ class Segmenter:
             logit_scale: the softmax temperature of the probabilities (default: the
                 bundle's); changes ``scores`` and what a ``threshold`` keeps, never the
                 labels.
+            head: a fitted head (``clips4rt.fit_head``; a ``Head`` or its file): its
+                classes follow ``classes`` in the labels (``classes`` may then be None
+                or [] for the head's alone); they have no ``probability``.
         """
         q = self._query(classes, **options)
         if self._matcher is not None:
@@ -467,6 +492,7 @@ class Segmenter:
         window_stride=None,
         logit_scale=None,
         negatives=True,
+        head=None,
     ) -> Query:
         """Every option of a call, checked before any image is read."""
         if size is not None:
@@ -484,8 +510,8 @@ class Segmenter:
                 f"logit_scale must be a finite number in (0, 10000], got {logit_scale!r} "
                 f"(None = the bundle's {self.info.logit_scale:g})"
             )
-        return Query(*self._prompts(classes, threshold, background, templates, negatives), size,
-                     win, float(logit_scale))  # fmt: skip
+        prompts = self._prompts(classes, threshold, background, templates, negatives, head)
+        return Query(*prompts, size, win, float(logit_scale))
 
     def window_setting(self, window="default", window_stride=None) -> tuple[int, int] | None:
         """The (window, stride) in pixels a call with these options uses (None = whole
@@ -496,7 +522,8 @@ class Segmenter:
                 window_stride = self.info.window_stride or None
         return check_window(window, window_stride, self.info.stride)
 
-    def _prompts(self, classes, threshold=None, background=None, templates=None, negatives=True):
+    def _prompts(self, classes, threshold=None, background=None, templates=None, negatives=True,
+                 head=None):  # fmt: skip
         """Checked (vocabulary, threshold, per-class thresholds, prototypes incl. background
         names and negatives). The last answer is kept: a video asks the same question
         every frame."""
@@ -506,37 +533,77 @@ class Segmenter:
             _memo_key(background),
             _memo_key(templates),
             negatives if isinstance(negatives, bool) else _memo_key(negatives),
+            _head_key(head),
         )
         if threshold is not None and key[1] is None or Ellipsis in key:
             key = None  # not a plain call: no memo (and nothing consumed)
         last = self._last_prompts
         if key is not None and last is not None and last[0] == key:
             return last[1]
-        answer = self._check_prompts(classes, threshold, background, templates, negatives)
+        answer = self._check_prompts(classes, threshold, background, templates, negatives, head)
         if key is not None:
             self._last_prompts = (key, answer)
         return answer
 
-    def _check_prompts(self, classes, threshold, background, templates, negatives):
-        vocab = vocabulary(classes)
+    def _check_prompts(self, classes, threshold, background, templates, negatives, head=None):
+        if head is None:
+            vocab = vocabulary(classes)
+        else:
+            vocab, head = self._with_head(classes, head)
         threshold, per_class = BG.class_thresholds(threshold, vocab.classes,
                                                    self.info.background_threshold)  # fmt: skip
         if background is None:
             bg = list(self.info.background_classes)
         else:  # an empty list switches the bundle's background classes off
             bg = check_classes(background) if len(background) else []
-        bg = [b for b in bg if b not in vocab.names]
+        asked = _asked(vocab)  # the text names, and a fitted head's classes
+        bg = [b for b in bg if b not in asked]
         cand = BG.candidates(self.info, negatives)
-        if negatives is not True and cand and set(vocab.names) <= set(cand):
+        if negatives is not True and cand and set(asked) <= set(cand):
             raise ValueError(
                 f"negatives {cand!r} name every class of the query: nothing could be found; "
                 "give negatives that are not what you ask for"
             )
-        bg += BG.negatives(vocab.names, [c for c in cand if c not in bg],
+        bg += BG.negatives(asked, [c for c in cand if c not in bg],
                            lambda n: self.text_embeddings(n, templates),
                            self.info.negative_max_cosine)  # fmt: skip
-        protos = self.text_embeddings(vocab.names + bg, templates)
-        return vocab, threshold, per_class, protos
+        if head is None:
+            return vocab, threshold, per_class, self.text_embeddings(vocab.names + bg, templates)
+        n_text = len(vocab.names) - len(head.prototypes)
+        parts = [self.text_embeddings(vocab.names[:n_text], templates)] if n_text else []
+        parts.append(head.prototypes)
+        if bg:
+            parts.append(self.text_embeddings(bg, templates))
+        return vocab, threshold, per_class, np.concatenate(parts).astype(np.float32)
+
+    def _with_head(self, classes, head):
+        """The vocabulary of text ``classes`` (None or [] = none) followed by a fitted
+        head's classes, whose "names" are its prototypes."""
+        from clips4rt.fewshot import check_head
+
+        head = check_head(head, self)
+        if classes is None or (isinstance(classes, (list, tuple)) and not len(classes)):
+            text = Vocabulary([], [])
+        else:
+            text = vocabulary(classes)
+        both = set(text.classes) & set(head.classes)
+        if both:
+            raise ValueError(f"{sorted(both)[:3]} asked both by name and from the head: a class "
+                             "comes from one of them; drop it from the classes")  # fmt: skip
+        if len(text.names) + len(head.prototypes) > MAX_PROTOTYPES:
+            raise ValueError(f"{len(text.names)} names + {len(head.prototypes)} head "
+                             f"prototypes: over {MAX_PROTOTYPES} in one call")  # fmt: skip
+        n = len(text.classes)
+        owner = text.owner if text.owner is not None else np.arange(n, dtype=np.int32)
+        names = text.names + [f"{head.classes[o]} #{i}" for i, o in enumerate(head.owner)]
+        owner = np.concatenate([owner, head.owner + n]).astype(np.int32)
+        return Vocabulary(text.classes + head.classes, names, owner, fitted=n), head
+
+    def image_sha256(self) -> str:
+        """sha256 of the image graph file (computed once): what a fitted head records."""
+        if self._image_sha is None:
+            self._image_sha = B.sha256_file(self.path)
+        return self._image_sha
 
     def _resize(self, a: np.ndarray, h: int, w: int) -> np.ndarray:
         return resize_rgb(a, (h, w), threads=self.post_threads)

@@ -26,11 +26,14 @@ MAX_FILE_BYTES = 1 << 20  # a class file
 @dataclass(frozen=True)
 class Vocabulary:
     """classes: what labels index; names: the prompts, flat; owner: the class index of
-    each name (None when every class is its one name)."""
+    each name (None when every class is its one name); fitted: the index of the first
+    class that comes from a fitted head (``clips4rt.fewshot``; its "names" are
+    prototypes, not prompts), None when there is none."""
 
     classes: list[str]
     names: list[str]
     owner: np.ndarray | None = None
+    fitted: int | None = None
 
     def map_labels(self, labels: np.ndarray) -> np.ndarray:
         """Name indices (-1 = background) -> class indices (the same array when every

@@ -68,6 +68,11 @@ def test_cheap_cli_commands_run_as_written(tmp_path):
     for name in ("img1.jpg", "img2.png", "photos/a.png", "photos/b/c.jpg"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(tmp_path / name)
+    (tmp_path / "masks").mkdir()  # `clips4rt fit-head photos/ --masks masks/`: 0 above, 1 below
+    for stem in ("a", "c"):
+        Image.fromarray(np.repeat([0, 1], 24)[:, None].repeat(64, 1).astype(np.uint8)).save(
+            tmp_path / "masks" / f"{stem}.png"
+        )
     (tmp_path / "train" / "configs").mkdir(parents=True)  # what `clips4rt export` examples name
     shutil.copy(REPO / "train/configs/tiny-vit.json", tmp_path / "train/configs/tiny-vit.json")
     cmds = [c for c in _commands("clips4rt ")
