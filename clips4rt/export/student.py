@@ -75,9 +75,18 @@ class FPNStudent(nn.Module):
         info = timm.create_model(backbone, features_only=True).feature_info.reduction()
         # stages deeper than top_stride are not built at all (timm truncates the body)
         indices = tuple(i for i, r in enumerate(info) if r <= top_stride)
-        self.body = timm.create_model(
-            backbone, features_only=True, pretrained=pretrained, out_indices=indices
-        )
+        try:
+            self.body = timm.create_model(
+                backbone, features_only=True, pretrained=pretrained, out_indices=indices
+            )
+        except Exception as e:  # offline, no cache: timm's hub download fails
+            if not pretrained:
+                raise
+            raise RuntimeError(
+                f"the ImageNet weights of {backbone} could not be loaded ({type(e).__name__}: "
+                f"{str(e)[:200]}); train from random weights with --imagenet_init=false, or "
+                "go online once (timm caches them under HF_HOME)"
+            ) from None
         reductions = self.body.feature_info.reduction()
         channels = self.body.feature_info.channels()
         keep = [i for i, r in enumerate(reductions) if r >= stride]
