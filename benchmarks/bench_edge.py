@@ -132,7 +132,8 @@ def measure(args) -> None:
         for variant, path in (("fp32", out / f"{stem}.onnx"), ("int8", out / f"{stem}_int8.onnx")):
             if not path.is_file():
                 continue
-            seg = clips4rt.Segmenter(path, threads=args.threads)
+            providers = args.providers.split(",") if args.providers else None
+            seg = clips4rt.Segmenter(path, threads=args.threads, providers=providers)
             hh, ww = seg.working_size(720, 1280)
             small = seg._resize(frame, hh, ww)[None]
             reps = max(3, args.reps // 10) if stem.startswith("vitb16") else args.reps
@@ -175,6 +176,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=336, help="working short side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--providers", help="onnxruntime providers, comma-separated (default: "
+                    "the Segmenter's choice: TensorRT/CUDA when available)")  # fmt: skip
     args = ap.parse_args()
     build(args) if args.what == "build" else measure(args)
 
