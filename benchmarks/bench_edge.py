@@ -85,8 +85,9 @@ def build(args) -> None:
         bundle = out / f"{backbone}.onnx"
         if bundle.is_file():
             continue
-        cfg = load_config("edge", [f"--backbone={backbone}", "--pretrained=None",
-                                   "--imagenet_init=false", f"--known_classes={classes}"])  # fmt: skip
+        overrides = [f"--backbone={backbone}", "--pretrained=None", "--imagenet_init=false",
+                     f"--known_classes={classes}"]  # fmt: skip
+        cfg = load_config("edge", overrides)
         torch.manual_seed(0)
         student = build_student(backbone, int(model.visual.output_dim), model.visual,
                                 cfg.stride, cfg.decoder_width, norm=cfg.decoder_norm,
@@ -105,7 +106,8 @@ def build(args) -> None:
     if not int8.is_file():
         subprocess.run([sys.executable, "-m", "train.export", "--clip", "ViT-B-16", "--dense",
                         "sclip", "--input-size", str(args.size), "--window", "0", *int8_args,
-                        "-o", str(int8)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)  # fmt: skip
+                        "-o", str(int8)],
+                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)  # fmt: skip
 
 
 def _time(fn, reps: int) -> float:
@@ -138,13 +140,15 @@ def measure(args) -> None:
             small = seg._resize(frame, hh, ww)[None]
             reps = max(3, args.reps // 10) if stem.startswith("vitb16") else args.reps
             seg.text_embeddings(CLASSES)  # the prompts are cached, as in a video
-            row[f"{variant}_graph_ms"] = _time(lambda: seg.embed(small), reps)
-            row[f"{variant}_run_ms"] = _time(lambda: seg.run(frame, CLASSES, window=None), reps)
+            row[f"{variant}_graph_ms"] = _time(lambda s=seg, x=small: s.embed(x), reps)
+            row[f"{variant}_run_ms"] = _time(
+                lambda s=seg: s.run(frame, CLASSES, window=None), reps
+            )
             row[f"{variant}_mb"] = round(path.stat().st_size / 2**20, 1)
             row["working_size"] = f"{ww}x{hh}"
             if stem == "vitb16_sclip" and variant == "fp32":
                 row["windows_run_ms"] = _time(
-                    lambda: seg.run(frame, CLASSES, window=224, window_stride=112), 3
+                    lambda s=seg: s.run(frame, CLASSES, window=224, window_stride=112), 3
                 )
             print(label, variant, {k: v for k, v in row.items() if k.startswith(variant)},
                   flush=True)  # fmt: skip

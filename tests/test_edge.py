@@ -77,3 +77,38 @@ def test_imagenet_init_offline_names_the_fix(monkeypatch):
     with pytest.raises(RuntimeError, match="--imagenet_init=false"):
         FPNStudent(512, "mobilenetv4_conv_small", pretrained=True)
     assert Path(PRESETS / "edge.json").is_file()
+
+
+def test_teacher_windows_average_the_crops_features():
+    """--teacher_window: the dense targets as the mean of crops' features (the runtime's
+    sliding windows), checked against a direct computation; a window of the whole image
+    is one pass; a window off the patch grid is refused naming the fix."""
+    import torch
+    import torch.nn.functional as F
+
+    from train.method.loop import Teacher
+
+    cfg = load_config("toy", ["--teacher_window=64"])
+    t = Teacher(cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (2, 128, 128, 3), generator=g, dtype=torch.uint8)
+    got = t.features(images)
+    p = t.dense.stride
+    want = torch.zeros_like(got)
+    count = torch.zeros(1, 1, 128 // p, 128 // p)
+    for y in (0, 32, 64):
+        for x in (0, 32, 64):
+            want[:, :, y // p : (y + 64) // p, x // p : (x + 64) // p] += t.dense(
+                images[:, y : y + 64, x : x + 64]
+            )
+            count[:, :, y // p : (y + 64) // p, x // p : (x + 64) // p] += 1
+    torch.testing.assert_close(got, F.normalize(want / count, dim=1), atol=1e-5, rtol=0)
+    assert not torch.allclose(got, t.dense(images), atol=1e-2)  # windows change the targets
+    t.window = 128
+    torch.testing.assert_close(t.features(images), t.dense(images))
+    for bad in ("--teacher_window=40", "--teacher_window=256"):
+        with pytest.raises(ValueError, match="teacher_window"):
+            Teacher(load_config("toy", [bad]), torch.device("cpu"))
+    assert load_config("edge", []).teacher_window == 224
+    same = load_config("toy", ["--teacher_window=0"]).model_hash()
+    assert load_config("toy", []).model_hash() == same  # older checkpoints keep their hash

@@ -206,7 +206,7 @@ def test_hostile_head_files_are_refused(tmp_path, monkeypatch):
         "extra member": (_npz(**_good(), extra=np.zeros(3)), "members"),
         "3-d prototypes": (_npz(**_good(prototypes=np.zeros((1, 2, 64), np.float32))), "shape"),
     }  # fmt: skip
-    for name, (data, match) in cases.items():
+    for _name, (data, match) in cases.items():
         with pytest.raises(ValueError, match=match):
             load(data)
     # a header that claims a huge array: refused by its size, nothing allocated

@@ -323,3 +323,48 @@ def test_centring_removes_a_class_that_wins_everything():
     torch.testing.assert_close(loss, -(target * logp).sum(-1).mean())  # exact here; the
     # default float32 tolerance covers another summation order
     assert not torch.allclose(loss, semantic_consistency(t, t, protos, 10.0, 10.0))
+
+
+def test_pixel_distillation_term_is_the_mean_cosine_distance_to_the_teachers_map(monkeypatch):
+    """--w_pixel: 1 - cos(student pixel, teacher dense feature at that point), averaged
+    over every pixel of both views; it adds w_pixel x that to the total and changes no
+    other loss."""
+    import torch.nn.functional as F
+
+    from clips4rt.export.student import build_student
+    from train.method import loop
+
+    cfg0 = load_config("toy", ["--batch=2", "--segments=4"])
+    cfg1 = load_config("toy", ["--batch=2", "--segments=4", "--w_pixel=2"])
+    teacher = loop.Teacher(cfg0, torch.device("cpu"))
+    torch.manual_seed(0)
+    student = build_student("resnet10t", teacher.embed_dim, None, 8, 32, top_stride=16).eval()
+    images = torch.randint(0, 255, (2, 128, 128, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))  # fmt: skip
+    seen = []  # (student pixels, teacher map at them) of each view, recomputed below
+    warp = loop.A.warp
+
+    def spy(x, grid):
+        y = warp(x, grid)
+        if x.shape[1] == teacher.embed_dim:  # the teacher's map, warped to a view's grid
+            seen.append(F.normalize(y, dim=1).flatten(2).transpose(1, 2))
+        return y
+
+    monkeypatch.setattr(loop.A, "warp", spy)
+    outs = []
+    for cfg in (cfg0, cfg1):
+        seen.clear()
+        zs = []
+        hook = student.register_forward_hook(lambda m, i, o: zs.append(o))
+        outs.append(loop.step_losses(student, teacher, None, images, cfg,
+                                     torch.Generator().manual_seed(0), torch.device("cpu")))  # fmt: skip
+        hook.remove()
+    z = torch.cat([F.normalize(v.flatten(2).transpose(1, 2), dim=-1) for v in zs])
+    want = (1 - (z * torch.cat(seen)).sum(-1)).mean()
+    assert outs[0]["pixel"].item() == 0.0
+    assert outs[1]["pixel"].item() == pytest.approx(want.item(), rel=1e-5)
+    for k in ("contrastive", "embedding", "semantic"):
+        assert outs[1][k].item() == pytest.approx(outs[0][k].item(), rel=1e-6)
+    assert outs[1]["total"].item() == pytest.approx(
+        outs[0]["total"].item() + 2 * want.item(), rel=1e-5
+    )

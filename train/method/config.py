@@ -41,6 +41,7 @@ class TrainConfig:
     pretrained: str | None = "train/assets/toy-teacher.pt"
     teacher_dense: str = "sclip"
     teacher_targets: str = "both"  # dense | crops | both (train/method/crops.py)
+    teacher_window: int = 0  # dense targets in sliding windows of this many px (0 = whole)
     teacher_center: float = 1.0  # strength of the teacher-logit centring (0 = off, 1 = full)
     known_classes: str = "toy"  # "toy" or a text file, one class name a line
     templates: str = "simple"  # simple | imagenet
@@ -57,6 +58,7 @@ class TrainConfig:
     w_contrastive: float = 1.0
     w_embedding: float = 1.0
     w_semantic: float = 1.0
+    w_pixel: float = 0.0  # pixel-level distillation of the teacher's dense features (0 = off)
     unknown_prototypes: int = 8  # 0 switches them off
     unknown_threshold: float = 0.5
     unknown_refresh: int = 25
@@ -100,7 +102,8 @@ class TrainConfig:
     # training had before they existed, so older checkpoints keep their hash (--resume).
     # (top_stride is compared with its current default 16: it was 32 when the field came,
     # so a top-32 checkpoint of that time and a top-16 one hash alike; left as it was.)
-    LATER_MODEL_FIELDS = {"top_stride": 16, "teacher_targets": "dense", "teacher_center": 0.0}
+    LATER_MODEL_FIELDS = {"top_stride": 16, "teacher_targets": "dense", "teacher_center": 0.0,
+                          "teacher_window": 0}  # fmt: skip
 
     def model_hash(self) -> str:
         d = {k: getattr(self, k) for k in self.MODEL_FIELDS}
@@ -153,6 +156,8 @@ HELP = {
     "toy_pool": "toy scenes generated up front and sampled from",
     "image_size": "side of each augmented view the student sees (px)",
     "teacher_size": "side of the full image the teacher sees (px)",
+    "teacher_window": "the teacher's dense features in sliding windows of this many px at "
+    "half stride (e.g. its native 224 at teacher_size 448); 0 = one pass",
     "clip": "teacher: open_clip model name (e.g. ViT-B-16); or --model_config",
     "model_config": "teacher: open_clip-style config JSON (with --pretrained)",
     "pretrained": "teacher weights: a pretrained tag (openai, ...) or a checkpoint path",
@@ -175,6 +180,8 @@ HELP = {
     "w_contrastive": "weight of the pixel-segment contrastive loss",
     "w_embedding": "weight of the embedding consistency with the teacher",
     "w_semantic": "weight of the semantic consistency (known + unknown prototypes)",
+    "w_pixel": "weight of a pixel-level pull to the teacher's dense features (needs "
+    "teacher_targets dense or both; not in metrics.csv, only in total)",
     "unknown_prototypes": "learned prototypes for unknown classes (0 switches them off)",
     "unknown_threshold": "cosine under which a pixel is unexplained by the known classes",
     "unknown_refresh": "steps between re-clustering the unknown prototypes",
@@ -251,6 +258,7 @@ RANGES = {
     "toy_pool": (1, 10**7),
     "image_size": (16, 4096),
     "teacher_size": (16, 4096),
+    "teacher_window": (0, 4096),
     "stride": (1, 64),
     "decoder_width": (1, 8192),
     "segments": (2, 1024),
@@ -258,6 +266,7 @@ RANGES = {
     "w_contrastive": (0.0, 1e6),
     "w_embedding": (0.0, 1e6),
     "w_semantic": (0.0, 1e6),
+    "w_pixel": (0.0, 1e6),
     "unknown_prototypes": (0, 4096),
     "unknown_threshold": (-1.0, 1.0),
     "teacher_center": (0.0, 1.0),

@@ -70,6 +70,7 @@ class Teacher:
         )
         self.model = model.to(device).eval().requires_grad_(False)
         self.dense = DenseCLIPImage(model.visual, cfg.teacher_dense, mean, std).to(device)
+        self.window = _check_teacher_window(cfg, self.dense.stride)
         self.mean, self.std = mean, std
         size = model.visual.image_size  # segment crops: the teacher's input, mid-grey fill
         self.crop_size = size[0] if isinstance(size, (tuple, list)) else int(size)
@@ -86,8 +87,26 @@ class Teacher:
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, S, S, 3) -> unit dense features (B, D, S/p, S/p)."""
-        return self.dense(images)
+        """uint8 (B, S, S, 3) -> unit dense features (B, D, S/p, S/p); with
+        ``teacher_window``, the unit mean of the features of square crops of that many
+        pixels at half-window stride (the last flush with the edge), as the runtime's
+        sliding windows (``clips4rt.window``)."""
+        if not self.window:
+            return self.dense(images)
+        s, w, p = images.shape[1], self.window, self.dense.stride
+        starts = list(range(0, s - w + 1, w // 2))
+        if starts[-1] != s - w:
+            starts.append(s - w)
+        out = count = None
+        for y in starts:
+            for x in starts:
+                f = self.dense(images[:, y : y + w, x : x + w])
+                if out is None:
+                    out = f.new_zeros(f.shape[0], f.shape[1], s // p, s // p)
+                    count = f.new_zeros(1, 1, s // p, s // p)
+                out[:, :, y // p : (y + w) // p, x // p : (x + w) // p] += f
+                count[:, :, y // p : (y + w) // p, x // p : (x + w) // p] += 1
+        return F.normalize(out / count, dim=1)
 
     @torch.no_grad()
     def crops(self, views, labels, k: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -95,6 +114,16 @@ class Teacher:
         (``train.method.crops``) of normalised views (B, 3, S, S)."""
         x = segment_crops(views, labels, k, grid, self.crop_size, fill=self.grey)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+
+def _check_teacher_window(cfg: TrainConfig, patch: int) -> int:
+    w = cfg.teacher_window
+    if w and (w % (2 * patch) or not 2 * patch <= w <= cfg.teacher_size
+              or cfg.teacher_size % patch):  # fmt: skip
+        raise ValueError(f"--teacher_window={w}: give 0 (the whole image) or a multiple of "
+                         f"{2 * patch} (twice the teacher's patch) up to --teacher_size="
+                         f"{cfg.teacher_size} (itself a multiple of {patch})")  # fmt: skip
+    return w
 
 
 def _views(images, boxes, jitter, cfg, device, mean, std):
@@ -129,7 +158,7 @@ def step_losses(
     dense = cfg.teacher_targets in ("dense", "both")
     t_full = teacher.features(local.to(device)) if dense else None  # (b, D, ht, wt), no grad
     k = cfg.segments
-    zs, v_views, t_views, own = [], [], [], []
+    zs, v_views, t_views, own, pix = [], [], [], [], []
     offset = 0
     for bx, jp, seed in zip(boxes, jits, seeds):
         x = _views(local, bx, jp, cfg, device, teacher.mean, teacher.std)
@@ -143,7 +172,10 @@ def step_losses(
         tm = 0
         if dense:  # the teacher's dense features, averaged over each segment
             t = F.normalize(A.warp(t_full, A.grids(bx, h, w).to(device)), dim=1)
-            td, _ = segment_means(t.flatten(2).transpose(1, 2).float(), lab, k)
+            tf = t.flatten(2).transpose(1, 2).float()
+            if cfg.w_pixel:  # each pixel towards the teacher's dense feature at its point
+                pix.append((1 - (F.normalize(zf, dim=-1) * tf).sum(-1)).sum())
+            td, _ = segment_means(tf, lab, k)
             tm = td.reshape(-1, td.shape[-1])[valid]
         if crops:  # the teacher's global embedding of each segment, cut out of the view
             tm = F.normalize(tm + teacher.crops(x, lab, k, (h, w)), dim=-1)  # (segments, D)
@@ -208,10 +240,16 @@ def step_losses(
     if unknown is not None:  # view-major order, as one process would see the batch
         T_all = torch.cat([D.gather_rows(t) for t in t_views])
         unknown.observe(T_all, teacher.known, cfg.teacher_scale)
+    out["pixel"] = (
+        world * torch.stack(pix).sum() / D.all_sum(torch.tensor(float(Z.shape[0]), device=device))
+        if pix
+        else zero
+    )
     out["total"] = (
         cfg.w_contrastive * out["contrastive"]
         + cfg.w_embedding * out["embedding"]
         + cfg.w_semantic * out["semantic"]
+        + cfg.w_pixel * out["pixel"]
     )
     return out
 

@@ -1,0 +1,120 @@
+"""CLIP-S4's three tasks on the toy world, student against teacher (issue 31).
+
+    python benchmarks/three_tasks.py --data data/toy_val,data/toy_val_4000 \\
+        --student seed0=out/claim/seed0/model.onnx --student seed1=... [--out out/three]
+
+For every held-out folder in ``--data``: the toy teacher in each dense mode
+(``--teacher-modes``) at each setting of ``--teacher-settings`` (SIZE:WINDOW, WINDOW 0
+= whole image, else windows of WINDOW px at half stride), and every ``--student``
+bundle at each of ``--student-sizes``, evaluated by ``train.evaluate`` in the three modes
+(``--modes``: language = all names, no background rule; unsupervised = spherical k-means
+with k = the class count, Hungarian-matched; probe = a linear classifier on the first
+half, scored on the second). Teacher bundles use ImageNet templates. Prints one table
+(mIoU / known / unknown) and the teacher's best setting per task; writes
+``<out>/three_tasks.json``. Reports already in ``<out>`` are reused (delete to redo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clips4rt.export.clip_loader import load_clip  # noqa: E402
+from train.evaluate import evaluate  # noqa: E402
+from train.export import export_dense_clip  # noqa: E402
+
+KEYS = ("miou", "miou_known", "miou_unknown", "per_class", "input_size", "window")
+
+
+def _eval(report: Path, bundle: Path, data: str, mode: str, size, window, threads) -> dict:
+    if report.is_file():
+        return json.loads(report.read_text())
+    win, step = (window, window // 2) if window else (None, None)
+    r = evaluate(bundle, data, mode=mode, size=size, threads=threads, window=win,
+                 window_stride=step)  # fmt: skip
+    r = {k: r[k] for k in KEYS}
+    report.write_text(json.dumps(r, indent=2))
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="data/toy_val,data/toy_val_4000")
+    ap.add_argument("--out", default=str(REPO / "out" / "three"))
+    ap.add_argument("--modes", default="language,unsupervised,probe")
+    ap.add_argument("--teacher-modes", default="maskclip,clearclip,sclip")
+    ap.add_argument("--teacher-settings", default="128:0,144:96")
+    ap.add_argument("--student", action="append", default=[], help="NAME=BUNDLE")
+    ap.add_argument("--student-sizes", default="192")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    assets = REPO / "train" / "assets"
+    rows = []  # (who, data, task, report)
+    model = None
+    for dense in args.teacher_modes.split(",") if args.teacher_modes else ():
+        for setting in args.teacher_settings.split(","):
+            size, window = (int(x) for x in setting.split(":"))
+            bundle = out / f"teacher_{dense}_{size}.onnx"
+            if not bundle.is_file():
+                if model is None:
+                    model, name, mean, std = load_clip(
+                        model_config=assets / "toy-teacher.json",
+                        pretrained=str(assets / "toy-teacher.pt"),
+                    )
+                export_dense_clip(model, name, str(assets / "toy-teacher.pt"), mean, std,
+                                  dense, bundle, input_size=size, templates="imagenet",
+                                  window=0)  # fmt: skip
+            who = f"teacher {dense} {size}" + (f" w{window}/{window // 2}" if window else "")
+            for data in args.data.split(","):
+                for task in args.modes.split(","):
+                    tag = who.replace(" ", "_").replace("/", "-")
+                    rep = out / f"{tag}.{Path(data).name}.{task}.json"
+                    rows.append((who, data, task, _eval(rep, bundle, data, task, size, window,
+                                                        args.threads)))  # fmt: skip
+                    print(rows[-1][:3], f"{rows[-1][3]['miou']:.1f}", flush=True)
+    for spec in args.student:
+        name, bundle = spec.split("=", 1)
+        for size in (int(s) for s in args.student_sizes.split(",")):
+            who = f"student {name} {size}"
+            for data in args.data.split(","):
+                for task in args.modes.split(","):
+                    rep = out / f"{who.replace(' ', '_')}.{Path(data).name}.{task}.json"
+                    rows.append((who, data, task, _eval(rep, Path(bundle), data, task, size, 0,
+                                                        args.threads)))  # fmt: skip
+                    print(rows[-1][:3], f"{rows[-1][3]['miou']:.1f}", flush=True)
+    datas = args.data.split(",")
+    tasks = args.modes.split(",")
+    whos = list(dict.fromkeys(r[0] for r in rows))
+    get = {(w, d, t): r for w, d, t, r in rows}
+    head = " | ".join(f"{t} {Path(d).name}" for t in tasks for d in datas)
+    print(f"\n| model | {head} |\n| --- |" + " --- |" * (len(tasks) * len(datas)))
+    for w in whos:
+        cells = []
+        for t in tasks:
+            for d in datas:
+                r = get.get((w, d, t))
+                cells.append(f"{r['miou']:.1f} / {r['miou_known']:.1f} / {r['miou_unknown']:.1f}"
+                             if r else "")  # fmt: skip
+        print(f"| {w} | " + " | ".join(cells) + " |")
+    best = {}
+    for t in tasks:
+        for d in datas:
+            cands = [(get[(w, d, t)]["miou"], w) for w in whos
+                     if w.startswith("teacher") and (w, d, t) in get]  # fmt: skip
+            if cands:
+                best[f"{t} {Path(d).name}"] = max(cands)
+    print("\nteacher's best per task:", json.dumps(best))
+    (out / "three_tasks.json").write_text(json.dumps(
+        {"rows": [{"who": w, "data": d, "task": t, **r} for w, d, t, r in rows],
+         "teacher_best": best}, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
