@@ -355,9 +355,10 @@ def test_pixel_distillation_term_is_the_mean_cosine_distance_to_the_teachers_map
     for cfg in (cfg0, cfg1):
         seen.clear()
         zs = []
-        hook = student.register_forward_hook(lambda m, i, o: zs.append(o))
-        outs.append(loop.step_losses(student, teacher, None, images, cfg,
-                                     torch.Generator().manual_seed(0), torch.device("cpu")))  # fmt: skip
+        hook = student.register_forward_hook(lambda m, i, o, zs=zs: zs.append(o))
+        gen = torch.Generator().manual_seed(0)
+        outs.append(loop.step_losses(student, teacher, None, images, cfg, gen,
+                                     torch.device("cpu")))  # fmt: skip
         hook.remove()
     z = torch.cat([F.normalize(v.flatten(2).transpose(1, 2), dim=-1) for v in zs])
     want = (1 - (z * torch.cat(seen)).sum(-1)).mean()
@@ -368,3 +369,22 @@ def test_pixel_distillation_term_is_the_mean_cosine_distance_to_the_teachers_map
     assert outs[1]["total"].item() == pytest.approx(
         outs[0]["total"].item() + 2 * want.item(), rel=1e-5
     )
+
+
+def test_best_kmeans_keeps_the_tightest_of_its_restarts():
+    from train.kmeans import best_kmeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(12, 16, generator=g), dim=1)
+    z = torch.nn.functional.normalize(
+        centres.repeat_interleave(30, 0) + 0.3 * torch.randn(360, 16, generator=g), dim=1
+    )
+    singles = []
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(6):
+        ids, cent = spherical_kmeans(z[None], 12, 30, "kmeans++", gen)
+        singles.append(float((z * cent[0][ids[0]]).sum()))
+    ids, cent, fit = best_kmeans(z, 12, 6, torch.Generator().manual_seed(5))
+    assert fit == pytest.approx(max(singles), rel=1e-6)  # the same six runs, the best kept
+    assert max(singles) > min(singles)  # the restarts differ: which one is kept matters
+    assert fit == pytest.approx(float((z * cent[ids]).sum()), rel=1e-6)

@@ -62,3 +62,21 @@ def spherical_kmeans(
         norm = sums.norm(dim=-1, keepdim=True)
         cent = torch.where(norm > 0, sums / norm.clamp(min=1e-12), cent)  # empty: keep centroid
     return torch.einsum("bpd,bkd->bpk", z, cent).argmax(-1), cent
+
+
+@torch.no_grad()
+def best_kmeans(
+    z: torch.Tensor, k: int, restarts: int, gen: torch.Generator | None = None, iters: int = 30
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """k-means++ spherical k-means of (P, D) unit vectors from ``restarts`` seedings
+    (drawn from ``gen`` in turn); the run with the highest total cosine of the vectors to
+    their centroids. Returns its (P,) clusters, (k, D) centroids and that total."""
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    best = None
+    for _ in range(restarts):
+        ids, cent = spherical_kmeans(z[None], k, iters, "kmeans++", gen)
+        fit = float(torch.einsum("pd,pd->", z.float(), cent[0][ids[0]]))
+        if best is None or fit > best[2]:
+            best = (ids[0], cent[0], fit)
+    return best
