@@ -441,3 +441,53 @@ def check_head(head, segmenter) -> Head:
                       "its prototypes may not fit this model's embeddings; fit it again "
                       "with this model", stacklevel=3)  # fmt: skip
     return head
+
+
+# ---------------------------------------------------------------------- use in run
+MAX_NAMES = 10_000  # text names + head prototypes of one call (as prompts.MAX_CLASSES)
+
+
+def head_key(head):
+    """The memo key of a ``head`` option (``Segmenter``'s last-prompts memo): the Head
+    itself (by identity), a path with its size and time (a rewritten file is read
+    again), Ellipsis otherwise (no memo)."""
+    if head is None or not isinstance(head, (str, os.PathLike)):
+        return head if head is None or isinstance(head, Head) else Ellipsis
+    try:
+        st = Path(head).expanduser().stat()
+    except OSError:
+        return Ellipsis
+    return (str(head), st.st_size, st.st_mtime_ns)
+
+
+def asked_names(vocab) -> list[str]:
+    """The names a call asks for: its text names, and a fitted head's class names (what
+    the background names and negatives must not repeat)."""
+    if vocab.fitted is None:
+        return vocab.names
+    n = len(vocab.names) - int((vocab.owner >= vocab.fitted).sum())
+    return vocab.names[:n] + vocab.classes[vocab.fitted :]
+
+
+def with_head(segmenter, classes, head):
+    """(The vocabulary of text ``classes`` (None or [] = none) followed by the head's
+    classes, whose "names" are its prototypes; the checked Head)."""
+    from clips4rt.vocab import Vocabulary, vocabulary
+
+    head = check_head(head, segmenter)
+    if classes is None or (isinstance(classes, (list, tuple)) and not len(classes)):
+        text = Vocabulary([], [])
+    else:
+        text = vocabulary(classes)
+    both = set(text.classes) & set(head.classes)
+    if both:
+        raise ValueError(f"{sorted(both)[:3]} asked both by name and from the head: a class "
+                         "comes from one of them; drop it from the classes")  # fmt: skip
+    if len(text.names) + len(head.prototypes) > MAX_NAMES:
+        raise ValueError(f"{len(text.names)} names + {len(head.prototypes)} head prototypes: "
+                         f"over {MAX_NAMES} in one call")  # fmt: skip
+    n = len(text.classes)
+    owner = text.owner if text.owner is not None else np.arange(n, dtype=np.int32)
+    names = text.names + [f"{head.classes[o]} #{i}" for i, o in enumerate(head.owner)]
+    owner = np.concatenate([owner, head.owner + n]).astype(np.int32)
+    return Vocabulary(text.classes + head.classes, names, owner, fitted=n), head

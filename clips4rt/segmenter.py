@@ -14,6 +14,7 @@ import onnxruntime as ort
 from clips4rt import background as BG
 from clips4rt import bundle as B
 from clips4rt import device as DV
+from clips4rt import fewshot as FS
 from clips4rt import hub
 from clips4rt.device import resolve_providers
 from clips4rt.errors import BundleError, ImageError
@@ -40,7 +41,6 @@ __all__ = [
 MAX_SIZE = 4096  # the ``size`` option (short side of the graph input)
 MAX_INPUT_PIXELS = 1 << 22  # graph input pixels (2048 x 2048), Segmenter(max_input_pixels=)
 MAX_BATCH = 16  # images per graph run in run_batch (larger groups run in chunks)
-MAX_PROTOTYPES = 10_000  # text names + head prototypes of one call (as MAX_CLASSES)
 
 
 def default_model() -> Path:
@@ -56,26 +56,6 @@ def default_model() -> Path:
 
 def _positive_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-
-
-def _head_key(head):
-    """The memo key of a ``head`` option: the Head itself (by identity), a path with its
-    size and time (a rewritten file is read again), Ellipsis otherwise."""
-    if head is None or not isinstance(head, (str, os.PathLike)):
-        return head if head is None or hasattr(head, "prototypes") else Ellipsis
-    try:
-        st = Path(head).expanduser().stat()
-    except OSError:
-        return Ellipsis
-    return (str(head), st.st_size, st.st_mtime_ns)
-
-
-def _asked(vocab: Vocabulary) -> list[str]:
-    """The names a call asks for: its text names, and a fitted head's class names."""
-    if vocab.fitted is None:
-        return vocab.names
-    n = len(vocab.names) - int((vocab.owner >= vocab.fitted).sum())
-    return vocab.names[:n] + vocab.classes[vocab.fitted :]
 
 
 def _memo_key(v):
@@ -533,7 +513,7 @@ class Segmenter:
             _memo_key(background),
             _memo_key(templates),
             negatives if isinstance(negatives, bool) else _memo_key(negatives),
-            _head_key(head),
+            FS.head_key(head),
         )
         if threshold is not None and key[1] is None or Ellipsis in key:
             key = None  # not a plain call: no memo (and nothing consumed)
@@ -549,14 +529,14 @@ class Segmenter:
         if head is None:
             vocab = vocabulary(classes)
         else:
-            vocab, head = self._with_head(classes, head)
+            vocab, head = FS.with_head(self, classes, head)
         threshold, per_class = BG.class_thresholds(threshold, vocab.classes,
                                                    self.info.background_threshold)  # fmt: skip
         if background is None:
             bg = list(self.info.background_classes)
         else:  # an empty list switches the bundle's background classes off
             bg = check_classes(background) if len(background) else []
-        asked = _asked(vocab)  # the text names, and a fitted head's classes
+        asked = FS.asked_names(vocab)  # the text names, and a fitted head's classes
         bg = [b for b in bg if b not in asked]
         cand = BG.candidates(self.info, negatives)
         if negatives is not True and cand and set(asked) <= set(cand):
@@ -575,29 +555,6 @@ class Segmenter:
         if bg:
             parts.append(self.text_embeddings(bg, templates))
         return vocab, threshold, per_class, np.concatenate(parts).astype(np.float32)
-
-    def _with_head(self, classes, head):
-        """The vocabulary of text ``classes`` (None or [] = none) followed by a fitted
-        head's classes, whose "names" are its prototypes."""
-        from clips4rt.fewshot import check_head
-
-        head = check_head(head, self)
-        if classes is None or (isinstance(classes, (list, tuple)) and not len(classes)):
-            text = Vocabulary([], [])
-        else:
-            text = vocabulary(classes)
-        both = set(text.classes) & set(head.classes)
-        if both:
-            raise ValueError(f"{sorted(both)[:3]} asked both by name and from the head: a class "
-                             "comes from one of them; drop it from the classes")  # fmt: skip
-        if len(text.names) + len(head.prototypes) > MAX_PROTOTYPES:
-            raise ValueError(f"{len(text.names)} names + {len(head.prototypes)} head "
-                             f"prototypes: over {MAX_PROTOTYPES} in one call")  # fmt: skip
-        n = len(text.classes)
-        owner = text.owner if text.owner is not None else np.arange(n, dtype=np.int32)
-        names = text.names + [f"{head.classes[o]} #{i}" for i, o in enumerate(head.owner)]
-        owner = np.concatenate([owner, head.owner + n]).astype(np.int32)
-        return Vocabulary(text.classes + head.classes, names, owner, fitted=n), head
 
     def image_sha256(self) -> str:
         """sha256 of the image graph file (computed once): what a fitted head records."""
