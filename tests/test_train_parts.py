@@ -388,3 +388,47 @@ def test_best_kmeans_keeps_the_tightest_of_its_restarts():
     assert fit == pytest.approx(max(singles), rel=1e-6)  # the same six runs, the best kept
     assert max(singles) > min(singles)  # the restarts differ: which one is kept matters
     assert fit == pytest.approx(float((z * cent[ids]).sum()), rel=1e-6)
+
+
+def test_image_negatives_contrast_a_pixel_with_its_own_images_segments_only(monkeypatch):
+    """--contrast_negatives=image: with one image it is the batch loss; with several it
+    drops the other images' segments from each pixel's denominator (a smaller loss)."""
+    from clips4rt.export.student import build_student
+    from train.method import loop
+
+    teacher = loop.Teacher(load_config("toy", ["--segments=4"]), torch.device("cpu"))
+    torch.manual_seed(0)
+    student = build_student("resnet10t", teacher.embed_dim, None, 8, 32, top_stride=16).eval()
+    images = torch.randint(0, 255, (3, 128, 128, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))  # fmt: skip
+
+    def loss(mode, imgs, seed=0):
+        cfg = load_config("toy", ["--segments=4", f"--batch={len(imgs)}",
+                                  f"--contrast_negatives={mode}"])  # fmt: skip
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            out = loop.step_losses(student, teacher, None, imgs, cfg, gen, torch.device("cpu"))
+        return out["contrastive"].item()
+
+    one = images[:1]
+    assert loss("image", one) == pytest.approx(loss("batch", one), rel=1e-6)
+    assert loss("image", images) < loss("batch", images) - 0.05
+    # against a direct computation from the batch mode's pixels, segments and positives
+    seen = []
+    real = loop.contrastive_loss
+    monkeypatch.setattr(loop, "contrastive_loss", lambda z, v, p, *a, **k: (
+        seen.append((z, v, p)), real(z, v, p, *a, **k))[1])  # fmt: skip
+    loss("batch", images)
+    monkeypatch.setattr(loop, "contrastive_loss", real)
+    z, v, pos = seen[0]
+    pix_img = torch.arange(3).repeat_interleave(len(z) // 6).repeat(2)
+    seg_img = torch.full((len(v),), -1)
+    seg_img[pos[:, 0]] = pix_img  # a pixel's own segment is in its image
+    logits = 10.0 * z @ v.T
+    same = pix_img[:, None] == seg_img[None, :]
+    pos_l = logits.gather(1, pos.clamp(min=0)).masked_fill(pos < 0, float("-inf"))
+    per = torch.logsumexp(logits.masked_fill(~same, float("-inf")), 1) - torch.logsumexp(pos_l, 1)
+    want = per[(pos >= 0).any(1)].sum() / (pos >= 0).any(1).sum()
+    assert loss("image", images) == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="contrast_negatives"):
+        load_config("toy", ["--contrast_negatives=all"])

@@ -55,6 +55,7 @@ class TrainConfig:
     # losses
     segments: int = 8  # k-means segments per view
     concentration: float = 10.0
+    contrast_negatives: str = "batch"  # batch | image: whose segments a pixel is contrasted with
     w_contrastive: float = 1.0
     w_embedding: float = 1.0
     w_semantic: float = 1.0
@@ -139,6 +140,7 @@ CHOICES = {
     "top_stride": (16, 32),
     "unknown_space": ("image", "text"),
     "teacher_targets": ("dense", "crops", "both"),
+    "contrast_negatives": ("batch", "image"),
 }
 
 
@@ -177,6 +179,8 @@ HELP = {
     "imagenet_init": "start the backbone from timm's ImageNet weights (needs them cached)",
     "segments": "k-means segments per view for the pixel-segment contrast",
     "concentration": "temperature (inverse) of the pixel-segment contrastive loss",
+    "contrast_negatives": "a pixel's negatives: every segment of the batch (batch; same-class "
+    "segments of other images included), or its own image's segments (image)",
     "w_contrastive": "weight of the pixel-segment contrastive loss",
     "w_embedding": "weight of the embedding consistency with the teacher",
     "w_semantic": "weight of the semantic consistency (known + unknown prototypes)",

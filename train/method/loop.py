@@ -158,7 +158,7 @@ def step_losses(
     dense = cfg.teacher_targets in ("dense", "both")
     t_full = teacher.features(local.to(device)) if dense else None  # (b, D, ht, wt), no grad
     k = cfg.segments
-    zs, v_views, t_views, own, pix = [], [], [], [], []
+    zs, v_views, t_views, own, pix, seg_img = [], [], [], [], [], []
     offset = 0
     for bx, jp, seed in zip(boxes, jits, seeds):
         x = _views(local, bx, jp, cfg, device, teacher.mean, teacher.std)
@@ -185,6 +185,7 @@ def step_losses(
         offset += int(valid.sum())
         zs.append(zf)
         v_views.append(v.reshape(-1, v.shape[-1])[valid])
+        seg_img.append(torch.arange(b, device=device).repeat_interleave(k)[valid])
         t_views.append(tm)
     corr = [A.correspondence(boxes[0], boxes[1], h, w), A.correspondence(boxes[1], boxes[0], h, w)]
     pos = []
@@ -196,6 +197,7 @@ def step_losses(
     sizes = D.gather_rows(torch.tensor([len(V_local)], device=device))
     base = int(sizes[:rank].sum())
     pos = torch.cat(pos)
+    pos_local = pos
     pos = torch.where(pos >= 0, pos + base, pos)
     V = D.gather_rows(V_local, grad=True)  # every rank's segments: negatives of the batch
     Z = torch.cat([z.reshape(-1, z.shape[-1]) for z in zs])
@@ -203,11 +205,25 @@ def step_losses(
     n_seg = D.all_sum(torch.tensor(float(len(V_local)), device=device)).clamp(min=1)
     zero = Z.new_zeros(())
     out = {}
-    out["contrastive"] = (
-        world * contrastive_loss(Z, V, pos, cfg.concentration, reduction="sum") / n_pix
-        if cfg.w_contrastive
-        else zero
-    )
+    if not cfg.w_contrastive:
+        out["contrastive"] = zero
+    elif cfg.contrast_negatives == "image":  # a pixel against its own image's segments only
+        pix_img = torch.arange(b, device=device).repeat_interleave(h * w).repeat(2)
+        seg_i = torch.cat(seg_img)
+        total = zero
+        for i in range(b):
+            si = torch.nonzero(seg_i == i)[:, 0]
+            lut = torch.full((len(seg_i),), -1, dtype=torch.long, device=device)
+            lut[si] = torch.arange(len(si), device=device)
+            p = pos_local[pix_img == i]
+            p = torch.where(p >= 0, lut[p.clamp(min=0)], -1)
+            total = total + contrastive_loss(Z[pix_img == i], V_local[si], p, cfg.concentration,
+                                             reduction="sum")  # fmt: skip
+        out["contrastive"] = world * total / n_pix
+    else:  # every segment of the global batch is a negative
+        out["contrastive"] = (
+            world * contrastive_loss(Z, V, pos, cfg.concentration, reduction="sum") / n_pix
+        )
     out["embedding"] = (
         world * embedding_consistency(V_local, T_local, reduction="sum") / n_seg
         if cfg.w_embedding
