@@ -39,6 +39,7 @@ parses the arrays itself (no ``np.load``) and checks shapes, values and classes.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -133,7 +134,7 @@ class Head:
         try:
             raw = read_regular(path, MAX_FILE_BYTES, whole=True)
         except OSError as e:
-            if e.errno in (27, 22):  # EFBIG, EINVAL
+            if e.errno in (errno.EFBIG, errno.EINVAL):  # too large; not a regular file
                 raise ValueError(f"{path}: not a head file ({e.strerror}); write one with "
                                  "Head.save or clips4rt fit-head") from None  # fmt: skip
             raise

@@ -109,6 +109,8 @@ def test_teacher_windows_average_the_crops_features():
     for bad in ("--teacher_window=40", "--teacher_window=256"):
         with pytest.raises(ValueError, match="teacher_window"):
             Teacher(load_config("toy", [bad]), torch.device("cpu"))
+    with pytest.raises(ValueError, match="w_pixel"):
+        Teacher(load_config("toy", ["--w_pixel=1", "--teacher_targets=crops"]), torch.device("cpu"))
     assert load_config("edge", []).teacher_window == 224
     same = load_config("toy", ["--teacher_window=0"]).model_hash()
     assert load_config("toy", []).model_hash() == same  # older checkpoints keep their hash

@@ -117,6 +117,9 @@ class Teacher:
 
 
 def _check_teacher_window(cfg: TrainConfig, patch: int) -> int:
+    if cfg.w_pixel and cfg.teacher_targets == "crops":
+        raise ValueError("--w_pixel pulls pixels to the teacher's dense map, which "
+                         "--teacher_targets=crops does not compute: use dense or both")  # fmt: skip
     w = cfg.teacher_window
     if w and (w % (2 * patch) or not 2 * patch <= w <= cfg.teacher_size
               or cfg.teacher_size % patch):  # fmt: skip
