@@ -375,7 +375,7 @@ def _serve(args) -> int:
     limits = Limits(max_body=int(args.max_body * 2**20), max_concurrent=args.max_concurrent,
                     queue_timeout=args.queue_timeout, timeout=args.timeout)  # fmt: skip
     serve(args.model, args.host, args.port, args.token, limits, args.allow_urls, args.threads,
-          **_device_options(args))  # fmt: skip
+          head=args.head, **_device_options(args))  # fmt: skip
     return 0
 
 

@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "for the server to fetch (off: a server fetching for its clients reaches "
                     "what they cannot)")  # fmt: skip
     sv.add_argument("--threads", type=int, help="CPU threads")
+    sv.add_argument("--head", help="a few-shot head file (clips4rt fit-head): its classes are "
+                    "added to every request's (a request's head=false leaves them out)")
     device_args(sv)
     sv.set_defaults(command="serve")
     f = sub.add_parser("fit-head", help="fit a few-shot head on labelled images "

@@ -6,14 +6,22 @@ Endpoints (``GET /openapi.json`` describes them):
 - ``POST /v1/segment``: an image as multipart (``image`` file field) or JSON
   (``"image"``: base64; ``"url"``: only with ``--allow-urls``), ``classes`` (a list, or
   "cat,dog") and ``run``'s options (threshold, background, window, window_stride, size,
-  logit_scale). Answers JSON - size, classes, each class's share of the pixels, the label
-  PNG in base64, with ``overlay`` the overlay PNG, with ``polygons`` each class's polygons,
-  with ``coco`` a one-image COCO dataset (RLE masks)
+  logit_scale; ``head``: false leaves out the server's fitted head). Answers JSON -
+  size, classes, each class's share of the pixels, the label PNG in base64, with
+  ``overlay`` the overlay PNG, with ``polygons`` each class's polygons, with ``coco`` a
+  one-image COCO dataset (RLE masks)
   - or, with ``format`` labels / overlay (or ``Accept: image/png``), the PNG itself, or
   with ``format=raw`` the labels as bytes, row-major uint8 with 255 = background (uint16
   little-endian, 65535, above 255 classes; headers X-Width, X-Height, X-Dtype): no
   decoder needed in a C++ or Go client, and no PNG encoding on the server.
-- ``GET /v1/info``: the bundle's metadata; ``GET /healthz``: liveness; ``GET /``: the page.
+- ``GET /v1/info``: the bundle's metadata (and the head's classes); ``GET /healthz``:
+  liveness; ``GET /``: the page.
+
+With a few-shot head (``serve(..., head=FILE)``, ``clips4rt serve --head FILE``: read and
+checked against the model once, at start) every request's answer has the head's
+classes after its named ones, as ``run(image, classes, head=...)`` labels them;
+``classes`` may then be empty (the head's alone), and ``"head": false`` asks for the
+named classes only.
 
 Bounded: the request body (``max_body`` bytes, and ``body_timeout`` seconds to send it:
 a slow upload gets 408), the image (the runtime's pixel limit), ``max_classes`` names,
@@ -46,7 +54,7 @@ log = logging.getLogger("clips4rt.serve")
 
 TOKEN_ENV = "CLIPS4RT_TOKEN"
 FIELDS = ("image", "url", "classes", "threshold", "background", "window", "window_stride",
-          "size", "logit_scale", "format", "overlay", "polygons", "coco")  # fmt: skip
+          "size", "logit_scale", "format", "overlay", "polygons", "coco", "head")  # fmt: skip
 FORMATS = ("json", "labels", "overlay", "raw")
 
 
@@ -87,10 +95,15 @@ def is_loopback(host: str) -> bool:
 
 
 def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  # noqa: B008
-               allow_urls: bool = False):  # fmt: skip
+               allow_urls: bool = False, head=None):  # fmt: skip
     """The ASGI app serving ``segmenter`` (shared by all requests: its text cache stays
-    warm). ``token``: required on /v1/* when given."""
+    warm). ``token``: required on /v1/* when given. ``head``: a few-shot head (a
+    ``clips4rt.Head`` or its file) whose classes every answer adds to the named ones."""
     _require()
+    if head is not None:
+        from clips4rt.fewshot import check_head
+
+        head = check_head(head, segmenter)  # a bad file stops the start, not a request
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -201,13 +214,22 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
     def options_of(fields: dict) -> tuple[list[str], dict, str, dict]:
         from clips4rt.cli import _split, _threshold
 
+        asked = fields.get("head") not in (None, "")
+        if asked and _flag(fields["head"]) and head is None:
+            raise HTTPError(422, "BadField", "'head': this server has no few-shot head (start "
+                            "it with clips4rt serve --head FILE)")  # fmt: skip
+        use_head = head is not None and (not asked or _flag(fields["head"]))
         classes = fields.get("classes")
         if isinstance(classes, str):
             text = classes.strip()
             classes = json.loads(text) if text.startswith("[") else _split(text)
-        if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        if use_head and classes in (None, ""):
+            classes = []
+        if not (isinstance(classes, list) and (classes or use_head)
+                and all(isinstance(c, str) for c in classes)):
             raise HTTPError(422, "BadField", "'classes' must be a non-empty list of names, or "
-                            '"cat,dog"')  # fmt: skip
+                            '"cat,dog"' + (" (or empty, for the head's classes alone)"
+                                           if head is not None else ""))  # fmt: skip
         if len(classes) > limits.max_classes:
             raise HTTPError(422, "TooManyClasses", f"{len(classes)} classes, over the limit "
                             f"of {limits.max_classes}")  # fmt: skip
@@ -240,6 +262,8 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
                     require(module)
                 except ImportError as e:
                     raise HTTPError(422, "Unavailable", f"'{key}' on this server: {e}") from None
+        if use_head:
+            opts["head"] = head
         return classes, opts, fmt, extras
 
     def infer(image: bytes, classes, opts, fmt: str, extras: dict):
@@ -310,6 +334,8 @@ def create_app(segmenter, limits: Limits = Limits(), token: str | None = None,  
         check_token(request)
         meta = asdict(segmenter.info)
         meta["prompt_templates"] = len(segmenter.info.prompt_templates)
+        meta["head"] = None if head is None else {"classes": list(head.classes),
+                                                  "prototypes": len(head.prototypes)}
         return JSONResponse(meta)
 
     async def healthz(request):
@@ -361,7 +387,7 @@ def _page() -> str:
 
 def serve(model=None, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
           limits: Limits = Limits(), allow_urls: bool = False, threads: int | None = None,  # noqa: B008
-          **segmenter_options) -> None:  # fmt: skip
+          head=None, **segmenter_options) -> None:  # fmt: skip
     """Run the server (blocks; Ctrl-C stops it)."""
     _require()
     import uvicorn
@@ -374,7 +400,7 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 8080, token: str | No
                          f"TOKEN (or set {TOKEN_ENV}); clients send 'Authorization: Bearer "
                          "TOKEN'")  # fmt: skip
     seg = Segmenter(model, threads=threads, **segmenter_options)
-    app = create_app(seg, limits, token, allow_urls)
+    app = create_app(seg, limits, token, allow_urls, head)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=5,
                 limit_concurrency=limits.max_concurrent * 16 + 16)  # fmt: skip
 
@@ -396,7 +422,9 @@ OPENAPI = {
                         "logit_scale": {"type": "number"},
                         "format": {"enum": list(FORMATS)},
                         "overlay": {"type": "boolean"}, "polygons": {"type": "boolean"},
-                        "coco": {"type": "boolean"}}}},
+                        "coco": {"type": "boolean"},
+                        "head": {"type": "boolean", "description": "false: without the "
+                                 "server's head (default true)"}}}},
                 "application/json": {"schema": {"type": "object", "required": ["classes"],
                     "properties": {
                         "image": {"type": "string", "description": "base64 of an image file"},

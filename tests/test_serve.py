@@ -232,6 +232,48 @@ def test_token_is_required_when_set(seg, monkeypatch):
     assert S.is_loopback("127.0.0.2") and S.is_loopback("::1") and not S.is_loopback("10.0.0.1")
 
 
+def test_a_served_head_adds_its_classes_to_every_answer(server, seg, tmp_path):
+    """--head: the answer is run(image, classes, head=...) - named classes then the head's,
+    or the head's alone with no classes; "head": false leaves it out; a server without
+    one refuses "head": true; a head of another width stops the start."""
+    from clips4rt.fewshot import _unit
+
+    protos = _unit(seg.text_embeddings(["tree", "car"]).astype(np.float32))
+    head = clips4rt.Head(["shrub", "vehicle"], protos, [0, 1])
+    path = head.save(tmp_path / "h.npz")
+    data = SCENE.read_bytes()
+    srv = _Server(S.create_app(seg, head=path))
+    try:
+        post = lambda fields: srv.request("POST", "/v1/segment", *_multipart(fields))  # noqa: E731
+        for fields, named in (({"classes": "sky,grass"}, ["sky", "grass"]), ({}, []),
+                              ({"classes": ""}, [])):  # fmt: skip
+            status, _, raw = post({"image": data, **fields})
+            assert status == 200, raw
+            out = json.loads(raw)
+            want = seg.run(data, named, head=head)
+            assert out["classes"] == named + ["shrub", "vehicle"] == want.classes
+            np.testing.assert_array_equal(_labels(base64.b64decode(out["labels_png"])),
+                                          want.labels)  # fmt: skip
+            assert out["share"]["vehicle"] > 0.01  # the scene's car, found by the head
+        status, _, raw = post({"image": data, "classes": "sky,grass", "head": "false"})
+        assert status == 200 and json.loads(raw)["classes"] == ["sky", "grass"]
+        np.testing.assert_array_equal(_labels(base64.b64decode(json.loads(raw)["labels_png"])),
+                                      seg.run(data, ["sky", "grass"]).labels)  # fmt: skip
+        status, err = _error(post({"image": data, "head": "false"}))
+        assert status == 422 and "classes" in err["message"]
+        assert json.loads(srv.request("GET", "/v1/info")[2])["head"] == {
+            "classes": ["shrub", "vehicle"], "prototypes": 2}
+    finally:
+        srv.stop()
+    status, err = _error(server.request("POST", "/v1/segment", *_multipart(
+        {"image": data, "classes": "sky", "head": "true"})))  # fmt: skip
+    assert status == 422 and "--head" in err["message"]
+    assert json.loads(server.request("GET", "/v1/info")[2])["head"] is None
+    narrow = clips4rt.Head(["x"], np.eye(1, 8, dtype=np.float32), [0])
+    with pytest.raises(ValueError, match="fit the head with this model"):
+        S.create_app(seg, head=narrow)
+
+
 class _Sleepy:
     """A stand-in segmenter that takes ``delay`` seconds a call."""
 
