@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-COLUMNS = ["step", "total", "contrastive", "embedding", "semantic", "lr", "s_per_step",
+COLUMNS = ["step", "total", "contrastive", "embedding", "semantic", "pixel", "lr", "s_per_step",
            "images_per_s", "data_wait", "gpu_mem_gb", "val_miou", "val_known",
            "val_unknown"]  # fmt: skip
-LOSSES = ("total", "contrastive", "embedding", "semantic")
+LOSSES = ("total", "contrastive", "embedding", "semantic", "pixel")
 
 
 def _prepare_csv(path: Path, step: int) -> bool:
