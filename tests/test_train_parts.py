@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -432,3 +433,67 @@ def test_image_negatives_contrast_a_pixel_with_its_own_images_segments_only(monk
     assert loss("image", images) == pytest.approx(want.item(), rel=1e-5)
     with pytest.raises(ValueError, match="contrast_negatives"):
         load_config("toy", ["--contrast_negatives=all"])
+
+
+def test_false_negative_filter_hand_checked():
+    """--false_negatives: one pixel, its own segment v0, a segment the teacher calls alike
+    (v1) and one it does not (v2). drop: v1 leaves the denominator; positive: v1 joins the
+    numerator; nothing alike: the plain loss, in both modes."""
+    from train.method.losses import filtered_contrastive_loss, teacher_agreement
+
+    k = 10.0
+    z = torch.tensor([[1.0, 0.0]])
+    v = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=-1)
+    pos = torch.tensor([[0, -1]])
+    t = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])  # the teacher's targets
+    agree = teacher_agreement(t[pos[:, 0]], t, 0.8)
+    assert agree.tolist() == [[True, True, False]]
+    s = k * (z @ v.T)[0]
+    drop = filtered_contrastive_loss(z, v, pos, k, agree, "drop")
+    assert drop.item() == pytest.approx((torch.logsumexp(s[[0, 2]], 0) - s[0]).item(), rel=1e-6)
+    both = filtered_contrastive_loss(z, v, pos, k, agree, "positive")
+    want = torch.logsumexp(s, 0) - torch.logsumexp(s[:2], 0)
+    assert both.item() == pytest.approx(want.item(), rel=1e-6)
+    plain = contrastive_loss(z, v, pos, k).item()
+    assert drop.item() < plain and both.item() < plain
+    none = torch.zeros_like(agree)
+    for mode in ("drop", "positive"):
+        got = filtered_contrastive_loss(z, v, pos, k, none, mode).item()
+        assert got == pytest.approx(plain, rel=1e-6)
+    with pytest.raises(ValueError, match="false_negatives"):
+        load_config("toy", ["--false_negatives=ignore"])
+
+
+@pytest.mark.parametrize("negatives", ["batch", "image"])
+def test_false_negative_filter_reaches_the_training_loss(negatives):
+    """Through step_losses: a threshold nothing passes gives the plain contrast; one
+    everything passes leaves each pixel its positives alone (drop) or makes every segment
+    a positive (positive): a zero loss either way. The other losses do not change."""
+    from clips4rt.export.student import build_student
+    from train.method import loop
+
+    teacher = loop.Teacher(load_config("toy", ["--segments=4"]), torch.device("cpu"))
+    torch.manual_seed(0)
+    student = build_student("resnet10t", teacher.embed_dim, None, 8, 32, top_stride=16).eval()
+    from train.toyworld.world import make_scene
+
+    images = torch.from_numpy(np.stack([make_scene(7, i).image for i in range(3)]))
+
+    def losses(*extra):
+        cfg = load_config("toy", ["--segments=4", "--batch=3",
+                                  f"--contrast_negatives={negatives}", *extra])  # fmt: skip
+        with torch.no_grad():
+            return loop.step_losses(student, teacher, None, images, cfg,
+                                    torch.Generator().manual_seed(0), torch.device("cpu"))
+
+    plain = losses()
+    assert plain["contrastive"].item() > 0.1
+    for mode in ("drop", "positive"):
+        never = losses(f"--false_negatives={mode}", "--false_negative_cos=1")
+        assert never["contrastive"].item() == pytest.approx(plain["contrastive"].item(), rel=1e-5)
+        always = losses(f"--false_negatives={mode}", "--false_negative_cos=-1")
+        assert always["contrastive"].item() == pytest.approx(0.0, abs=1e-5)
+        some = losses(f"--false_negatives={mode}", "--false_negative_cos=0.8")
+        assert 0 < some["contrastive"].item() < plain["contrastive"].item()
+        for key in ("embedding", "semantic"):
+            assert some[key].item() == pytest.approx(plain[key].item(), rel=1e-6)

@@ -56,6 +56,8 @@ class TrainConfig:
     segments: int = 8  # k-means segments per view
     concentration: float = 10.0
     contrast_negatives: str = "batch"  # batch | image: whose segments a pixel is contrasted with
+    false_negatives: str = "keep"  # keep | drop | positive: negatives the teacher calls alike
+    false_negative_cos: float = 0.8  # teacher-target cosine above which two segments agree
     w_contrastive: float = 1.0
     w_embedding: float = 1.0
     w_semantic: float = 1.0
@@ -141,6 +143,7 @@ CHOICES = {
     "unknown_space": ("image", "text"),
     "teacher_targets": ("dense", "crops", "both"),
     "contrast_negatives": ("batch", "image"),
+    "false_negatives": ("keep", "drop", "positive"),
 }
 
 
@@ -181,11 +184,15 @@ HELP = {
     "concentration": "temperature (inverse) of the pixel-segment contrastive loss",
     "contrast_negatives": "a pixel's negatives: every segment of the batch (batch; same-class "
     "segments of other images included), or its own image's segments (image)",
+    "false_negatives": "a pixel's negatives whose teacher target agrees with its own "
+    "segment's (cosine above --false_negative_cos): kept (CLIP-S4), dropped from the "
+    "contrast, or counted as positives (both: torch loss, no Triton kernel)",
+    "false_negative_cos": "teacher-target cosine above which two segments count as alike",
     "w_contrastive": "weight of the pixel-segment contrastive loss",
     "w_embedding": "weight of the embedding consistency with the teacher",
     "w_semantic": "weight of the semantic consistency (known + unknown prototypes)",
     "w_pixel": "weight of a pixel-level pull to the teacher's dense features (needs "
-    "teacher_targets dense or both; not in metrics.csv, only in total)",
+    "teacher_targets dense or both)",
     "unknown_prototypes": "learned prototypes for unknown classes (0 switches them off)",
     "unknown_threshold": "cosine under which a pixel is unexplained by the known classes",
     "unknown_refresh": "steps between re-clustering the unknown prototypes",
@@ -267,6 +274,7 @@ RANGES = {
     "decoder_width": (1, 8192),
     "segments": (2, 1024),
     "concentration": (1e-6, 1e6),
+    "false_negative_cos": (-1.0, 1.0),
     "w_contrastive": (0.0, 1e6),
     "w_embedding": (0.0, 1e6),
     "w_semantic": (0.0, 1e6),

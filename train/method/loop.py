@@ -32,7 +32,13 @@ from train.method import distributed as D
 from train.method import run as R
 from train.method.config import TrainConfig
 from train.method.crops import Centering, segment_crops
-from train.method.losses import contrastive_loss, embedding_consistency, semantic_consistency
+from train.method.losses import (
+    contrastive_loss,
+    embedding_consistency,
+    filtered_contrastive_loss,
+    semantic_consistency,
+    teacher_agreement,
+)
 from train.method.segments import segment_means
 from train.schedule import warmup_cosine
 
@@ -139,6 +145,17 @@ def _views(images, boxes, jitter, cfg, device, mean, std):
     return ((v - mean) / std).to(device)
 
 
+def _contrast(cfg: TrainConfig, z, v, pos, t) -> torch.Tensor:
+    """Summed pixel-segment contrast of pixels z against segments v (positives pos, the
+    first column a pixel's own segment); t: the segments' teacher targets, which decide
+    the false negatives when ``cfg.false_negatives`` is not keep."""
+    if cfg.false_negatives == "keep":
+        return contrastive_loss(z, v, pos, cfg.concentration, reduction="sum")
+    agree = teacher_agreement(t[pos[:, 0]], t, cfg.false_negative_cos)
+    return filtered_contrastive_loss(z, v, pos, cfg.concentration, agree, cfg.false_negatives,
+                                     reduction="sum")  # fmt: skip
+
+
 def step_losses(
     student, teacher, unknown, images, cfg, gen, device, rank=0, world=1, centering=None
 ) -> dict:
@@ -220,13 +237,11 @@ def step_losses(
             lut[si] = torch.arange(len(si), device=device)
             p = pos_local[pix_img == i]
             p = torch.where(p >= 0, lut[p.clamp(min=0)], -1)
-            total = total + contrastive_loss(Z[pix_img == i], V_local[si], p, cfg.concentration,
-                                             reduction="sum")  # fmt: skip
+            total = total + _contrast(cfg, Z[pix_img == i], V_local[si], p, T_local[si])
         out["contrastive"] = world * total / n_pix
     else:  # every segment of the global batch is a negative
-        out["contrastive"] = (
-            world * contrastive_loss(Z, V, pos, cfg.concentration, reduction="sum") / n_pix
-        )
+        T = D.gather_rows(T_local.detach()) if cfg.false_negatives != "keep" else None
+        out["contrastive"] = world * _contrast(cfg, Z, V, pos, T) / n_pix
     out["embedding"] = (
         world * embedding_consistency(V_local, T_local, reduction="sum") / n_seg
         if cfg.w_embedding

@@ -23,6 +23,47 @@ def contrastive_loss(
     return pixel_segment_contrastive(z, v, pos, scale=concentration, reduction=reduction)
 
 
+def teacher_agreement(t_own: torch.Tensor, t: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N, M) bool: segment j's teacher target has cosine above ``threshold`` with the
+    target of pixel n's own segment (``t_own`` (N, D), ``t`` (M, D)); no gradient."""
+    with torch.no_grad():
+        a = F.normalize(t_own.float(), dim=-1)
+        return (a @ F.normalize(t.float(), dim=-1).T) > threshold
+
+
+def filtered_contrastive_loss(
+    z: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    concentration: float,
+    agree: torch.Tensor,
+    mode: str = "drop",
+    reduction: str = "mean",
+):
+    """The pixel-segment contrast with the teacher's false negatives handled: segments the
+    teacher calls alike (``agree`` (N, M) bool, ``teacher_agreement``) are left out of a
+    pixel's negatives (``drop``) or counted among its positives (``positive``). The torch
+    formulation (materialises the N x M logits: no Triton kernel for it)."""
+    if mode not in ("drop", "positive"):
+        raise ValueError(f"mode must be 'drop' or 'positive', got {mode!r}")
+    logits = concentration * (z.float() @ v.float().T)
+    valid = pos >= 0
+    is_pos = torch.zeros_like(agree)
+    rows = torch.arange(len(z), device=z.device)[:, None].expand_as(pos)
+    is_pos[rows[valid], pos[valid].long()] = True
+    if mode == "drop":
+        denom = logits.masked_fill(agree & ~is_pos, float("-inf"))
+        num = logits.masked_fill(~is_pos, float("-inf"))
+    else:
+        denom = logits
+        num = logits.masked_fill(~(is_pos | agree), float("-inf"))
+    loss = torch.logsumexp(denom, 1) - torch.logsumexp(num, 1)
+    loss = torch.where(valid.any(1), loss, torch.zeros_like(loss))
+    if reduction == "mean":
+        return loss.sum() / valid.any(1).sum().clamp(min=1)
+    return _reduce(loss, reduction)
+
+
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
