@@ -32,7 +32,7 @@ def test_few_steps_end_to_end(tmp_path):
         assert np.isfinite(vals).all() and float(r["contrastive"]) > 0
         assert float(r["images_per_s"]) > 0 and 0 <= float(r["data_wait"]) <= 1
         assert r["gpu_mem_gb"] == "" and r["val_miou"] == ""  # CPU, no --val
-        assert float(r["pixel"]) == 0.0  # --w_pixel=0: logged, not computed
+        assert float(r["pixel"]) == float(r["alike"]) == 0.0  # --w_pixel=0, no filter
     assert sorted(p.name for p in (tmp_path / "a").glob("step_*.pt")) == [
         "step_0000002.pt", "step_0000004.pt"]  # fmt: skip
 

@@ -495,5 +495,9 @@ def test_false_negative_filter_reaches_the_training_loss(negatives):
         assert always["contrastive"].item() == pytest.approx(0.0, abs=1e-5)
         some = losses(f"--false_negatives={mode}", "--false_negative_cos=0.8")
         assert 0 < some["contrastive"].item() < plain["contrastive"].item()
+        # metrics.csv's alike: the share of (pixel, segment) pairs the teacher calls alike
+        # (at cos 1 only a pixel's own segment, by rounding)
+        assert never["alike"].item() < some["alike"].item() < always["alike"].item() == 1.0
+        assert plain["alike"].item() == 0.0
         for key in ("embedding", "semantic"):
             assert some[key].item() == pytest.approx(plain[key].item(), rel=1e-6)

@@ -1,6 +1,8 @@
-"""What a run reports while it trains: ``metrics.csv`` (losses, learning rate, speed,
-the share of time spent waiting for data, GPU memory, validation mIoU), a tqdm progress
-bar on rank 0 when attached to a terminal, and TensorBoard scalars on request."""
+"""What a run reports while it trains: ``metrics.csv`` (losses; ``alike``, the share of
+(pixel, segment) pairs whose teacher targets agree under ``--false_negatives``; learning
+rate, speed, the share of time spent waiting for data, GPU memory, validation mIoU), a
+tqdm progress bar on rank 0 when attached to a terminal, and TensorBoard scalars on
+request."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-COLUMNS = ["step", "total", "contrastive", "embedding", "semantic", "pixel", "lr", "s_per_step",
-           "images_per_s", "data_wait", "gpu_mem_gb", "val_miou", "val_known",
+COLUMNS = ["step", "total", "contrastive", "embedding", "semantic", "pixel", "alike", "lr",
+           "s_per_step", "images_per_s", "data_wait", "gpu_mem_gb", "val_miou", "val_known",
            "val_unknown"]  # fmt: skip
-LOSSES = ("total", "contrastive", "embedding", "semantic", "pixel")
+LOSSES = ("total", "contrastive", "embedding", "semantic", "pixel", "alike")
 
 
 def _prepare_csv(path: Path, step: int) -> bool:

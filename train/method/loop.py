@@ -145,13 +145,15 @@ def _views(images, boxes, jitter, cfg, device, mean, std):
     return ((v - mean) / std).to(device)
 
 
-def _contrast(cfg: TrainConfig, z, v, pos, t) -> torch.Tensor:
+def _contrast(cfg: TrainConfig, z, v, pos, t, alike: list) -> torch.Tensor:
     """Summed pixel-segment contrast of pixels z against segments v (positives pos, the
     first column a pixel's own segment); t: the segments' teacher targets, which decide
-    the false negatives when ``cfg.false_negatives`` is not keep."""
+    the false negatives when ``cfg.false_negatives`` is not keep (then the share of
+    (pixel, segment) pairs called alike is appended to ``alike``)."""
     if cfg.false_negatives == "keep":
         return contrastive_loss(z, v, pos, cfg.concentration, reduction="sum")
     agree = teacher_agreement(t[pos[:, 0]], t, cfg.false_negative_cos)
+    alike.append(agree.float().mean())
     return filtered_contrastive_loss(z, v, pos, cfg.concentration, agree, cfg.false_negatives,
                                      reduction="sum")  # fmt: skip
 
@@ -225,6 +227,7 @@ def step_losses(
     n_seg = D.all_sum(torch.tensor(float(len(V_local)), device=device)).clamp(min=1)
     zero = Z.new_zeros(())
     out = {}
+    alike: list = []  # --false_negatives: the share of pairs the teacher calls alike
     if not cfg.w_contrastive:
         out["contrastive"] = zero
     elif cfg.contrast_negatives == "image":  # a pixel against its own image's segments only
@@ -237,11 +240,12 @@ def step_losses(
             lut[si] = torch.arange(len(si), device=device)
             p = pos_local[pix_img == i]
             p = torch.where(p >= 0, lut[p.clamp(min=0)], -1)
-            total = total + _contrast(cfg, Z[pix_img == i], V_local[si], p, T_local[si])
+            total = total + _contrast(cfg, Z[pix_img == i], V_local[si], p, T_local[si],
+                                     alike)  # fmt: skip
         out["contrastive"] = world * total / n_pix
     else:  # every segment of the global batch is a negative
         T = D.gather_rows(T_local.detach()) if cfg.false_negatives != "keep" else None
-        out["contrastive"] = world * _contrast(cfg, Z, V, pos, T) / n_pix
+        out["contrastive"] = world * _contrast(cfg, Z, V, pos, T, alike) / n_pix
     out["embedding"] = (
         world * embedding_consistency(V_local, T_local, reduction="sum") / n_seg
         if cfg.w_embedding
@@ -279,6 +283,7 @@ def step_losses(
         if pix
         else zero
     )
+    out["alike"] = torch.stack(alike).mean() if alike else zero
     out["total"] = (
         cfg.w_contrastive * out["contrastive"]
         + cfg.w_embedding * out["embedding"]
