@@ -70,6 +70,39 @@ def test_jitter_keeps_range_and_changes_colours():
     # parameters: colour-space round trips in float32, values in [0, 1] (measured 5e-8)
 
 
+def test_jitter_strength_scales_the_colour_draws_only():
+    """--jitter: 0 leaves colours alone (blur still drawn), 1 is the default config, 2
+    doubles each draw's distance from identity; the same random draws either way."""
+    base = A.AugmentConfig()
+    assert base.scaled(1.0) == base
+    p = [A.jitter_params(64, base.scaled(j), torch.Generator().manual_seed(3)) for j in (0, 1, 2)]
+    for k in ("brightness", "contrast", "saturation"):
+        assert torch.all(p[0][k] == 1)
+        torch.testing.assert_close(p[2][k] - 1, 2 * (p[1][k] - 1))
+        assert (p[1][k] - 1).abs().max() > 0.2
+    assert torch.all(p[0]["hue"] == 0) and torch.equal(p[0]["blur"], p[1]["blur"])
+    torch.testing.assert_close(p[2]["hue"], 2 * p[1]["hue"])
+    with pytest.raises(ValueError, match="jitter"):
+        load_config("toy", ["--jitter=-1"])
+
+
+def test_jitter_option_reaches_the_views(monkeypatch):
+    from clips4rt.export.student import build_student
+    from train.method import loop
+
+    teacher = loop.Teacher(load_config("toy", ["--segments=4"]), torch.device("cpu"))
+    student = build_student("resnet10t", teacher.embed_dim, None, 8, 32, top_stride=16).eval()
+    images = torch.randint(0, 255, (2, 128, 128, 3), dtype=torch.uint8)
+    seen, real = [], loop.A.jitter_params
+    monkeypatch.setattr(loop.A, "jitter_params", lambda n, c, g: (seen.append(c), real(n, c, g))[1])
+    for j in ("0", "0.5"):
+        cfg = load_config("toy", ["--segments=4", "--batch=2", f"--jitter={j}"])
+        with torch.no_grad():
+            loop.step_losses(student, teacher, None, images, cfg, torch.Generator(),
+                             torch.device("cpu"))  # fmt: skip
+    assert [(c.brightness, c.hue) for c in seen] == [(0, 0), (0, 0), (0.15, 0.025), (0.15, 0.025)]
+
+
 def test_kmeans_separates_clear_clusters():
     d = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
     lab = torch.randint(0, 3, (2, 60))

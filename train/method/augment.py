@@ -14,7 +14,7 @@ colours only, so it leaves the geometry alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,12 @@ class AugmentConfig:
     saturation: float = 0.3
     hue: float = 0.05  # fraction of a full turn
     blur: float = 0.2  # probability of a 3x3 box blur
+
+    def scaled(self, jitter: float) -> AugmentConfig:
+        """The colour jitter (brightness, contrast, saturation, hue) times ``jitter``;
+        the random draws stay the same, so 1 is this config exactly."""
+        return replace(self, brightness=self.brightness * jitter, contrast=self.contrast * jitter,
+                       saturation=self.saturation * jitter, hue=self.hue * jitter)  # fmt: skip
 
 
 def sample_boxes(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:

@@ -35,6 +35,7 @@ class TrainConfig:
     prefetch: int = 4  # batches each worker prepares ahead
     image_size: int = 96  # side of each augmented view
     teacher_size: int = 128  # side of the full image the teacher sees
+    jitter: float = 1.0  # strength of the views' colour jitter (0 = none)
     # teacher (any open_clip CLIP: name + pretrained tag, or config JSON + checkpoint)
     clip: str | None = None
     model_config: str | None = "train/assets/toy-teacher.json"
@@ -161,6 +162,9 @@ HELP = {
     "toy_pool": "toy scenes generated up front and sampled from",
     "image_size": "side of each augmented view the student sees (px)",
     "teacher_size": "side of the full image the teacher sees (px)",
+    "jitter": "strength of the views' colour jitter: brightness, contrast and saturation "
+    "x(1 +- 0.3 jitter), hue +- 0.05 jitter turns (0 = none; the teacher sees the "
+    "image unjittered)",
     "teacher_window": "the teacher's dense features in sliding windows of this many px at "
     "half stride (e.g. its native 224 at teacher_size 448); 0 = one pass",
     "clip": "teacher: open_clip model name (e.g. ViT-B-16); or --model_config",
@@ -269,6 +273,7 @@ RANGES = {
     "toy_pool": (1, 10**7),
     "image_size": (16, 4096),
     "teacher_size": (16, 4096),
+    "jitter": (0.0, 3.0),
     "teacher_window": (0, 4096),
     "stride": (1, 64),
     "decoder_width": (1, 8192),

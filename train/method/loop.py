@@ -171,7 +171,7 @@ def step_losses(
     b = images.shape[0]
     Bg = b * world
     mine = slice(rank * b, (rank + 1) * b)
-    aug = A.AugmentConfig(size=cfg.image_size)
+    aug = A.AugmentConfig(size=cfg.image_size).scaled(cfg.jitter)
     boxes = [A.sample_boxes(Bg, aug, gen)[mine] for _ in range(2)]
     jits = [{k: t[mine] for k, t in A.jitter_params(Bg, aug, gen).items()} for _ in range(2)]
     seeds = [torch.rand(Bg, generator=gen)[mine] for _ in range(2)]
