@@ -479,7 +479,7 @@ def test_false_negative_filter_hand_checked():
     v = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=-1)
     pos = torch.tensor([[0, -1]])
     t = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])  # the teacher's targets
-    agree = teacher_agreement(t[pos[:, 0]], t, 0.8)
+    agree = teacher_agreement(t, 0.8)[pos[:, 0]]
     assert agree.tolist() == [[True, True, False]]
     s = k * (z @ v.T)[0]
     drop = filtered_contrastive_loss(z, v, pos, k, agree, "drop")

@@ -152,7 +152,7 @@ def _contrast(cfg: TrainConfig, z, v, pos, t, alike: list) -> torch.Tensor:
     (pixel, segment) pairs called alike is appended to ``alike``)."""
     if cfg.false_negatives == "keep":
         return contrastive_loss(z, v, pos, cfg.concentration, reduction="sum")
-    agree = teacher_agreement(t[pos[:, 0]], t, cfg.false_negative_cos)
+    agree = teacher_agreement(t, cfg.false_negative_cos)[pos[:, 0]]  # per segment, not pixel
     alike.append(agree.float().mean())
     return filtered_contrastive_loss(z, v, pos, cfg.concentration, agree, cfg.false_negatives,
                                      reduction="sum")  # fmt: skip

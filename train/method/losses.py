@@ -23,12 +23,12 @@ def contrastive_loss(
     return pixel_segment_contrastive(z, v, pos, scale=concentration, reduction=reduction)
 
 
-def teacher_agreement(t_own: torch.Tensor, t: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N, M) bool: segment j's teacher target has cosine above ``threshold`` with the
-    target of pixel n's own segment (``t_own`` (N, D), ``t`` (M, D)); no gradient."""
+def teacher_agreement(t: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(M, M) bool: segments i and j have teacher targets (``t`` (M, D)) with cosine
+    above ``threshold``; a pixel's row is its own segment's. No gradient."""
     with torch.no_grad():
-        a = F.normalize(t_own.float(), dim=-1)
-        return (a @ F.normalize(t.float(), dim=-1).T) > threshold
+        a = F.normalize(t.float(), dim=-1)
+        return (a @ a.T) > threshold
 
 
 def filtered_contrastive_loss(
