@@ -173,6 +173,19 @@ def test_config_presets_and_overrides(tmp_path):
     assert load_config("toy").model_hash() == load_config("toy", ["--steps=3"]).model_hash()
 
 
+def test_the_toy_vit_preset_is_the_measured_recipe():
+    """BENCHMARKS.md ("the teacher's ViT as the student") measured ``--preset toy`` with
+    these four overrides; the preset must stay that run (its own out folder aside)."""
+    from dataclasses import asdict
+
+    vit = asdict(load_config("toy-vit"))
+    measured = asdict(load_config("toy", ["--backbone=vit", "--false_negatives=positive",
+                                          "--false_negative_cos=0.7",
+                                          "--unknown_prototypes=32"]))  # fmt: skip
+    assert vit.pop("out") == "runs/toy-vit" and measured.pop("out") == "runs/toy"
+    assert vit == measured
+
+
 def test_unknown_prototypes_learn_the_unexplained_clusters():
     from train.method.prototypes import UnknownPrototypes
 
