@@ -173,6 +173,41 @@ def test_config_presets_and_overrides(tmp_path):
     assert load_config("toy").model_hash() == load_config("toy", ["--steps=3"]).model_hash()
 
 
+def test_presets_extend_other_presets_within_bounds(tmp_path):
+    import json
+
+    from train.method import config as C
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.json").write_text(json.dumps({"extends": "toy-vit", "steps": 7, "lr": 0.01}))
+    (tmp_path / "sub" / "child.json").write_text(json.dumps({"extends": "../base.json",
+                                                              "steps": 9}))  # fmt: skip
+    cfg = load_config(str(tmp_path / "sub" / "child.json"), ["--lr=0.02"])
+    # the chain applies toy -> toy-vit -> base -> child -> overrides, each over the last
+    assert (cfg.backbone, cfg.unknown_prototypes, cfg.steps, cfg.lr) == ("vit", 32, 9, 0.02)
+    assert cfg.image_size == load_config("toy").image_size
+
+    def bad(name, text, match):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_config(str(tmp_path / name))
+
+    (tmp_path / "b.json").write_text(json.dumps({"extends": "a.json"}))
+    bad("a.json", json.dumps({"extends": "b.json"}), "circle")
+    bad("self.json", json.dumps({"extends": "self.json"}), "circle")
+    (tmp_path / f"c{C.MAX_EXTENDS + 1}.json").write_text("{}")
+    for i in range(C.MAX_EXTENDS, 0, -1):
+        (tmp_path / f"c{i}.json").write_text(json.dumps({"extends": f"c{i + 1}.json"}))
+    assert load_config(str(tmp_path / "c2.json")).steps == 500  # 8 files: allowed
+    with pytest.raises(ValueError, match="chain longer"):  # 9 files
+        load_config(str(tmp_path / "c1.json"))
+    bad("list.json", "[1, 2]", "JSON object")
+    bad("typo.json", json.dumps({"extends": "toy", "stepz": 3}), r"unknown config keys \['stepz'\]")
+    bad("gone.json", json.dumps({"extends": "nope"}), "preset 'nope' not found")
+    bad("big.json", "{" + " " * C.MAX_PRESET_BYTES + "}", "at most")
+    bad("junk.json", "{not json", "not JSON")
+
+
 def test_the_toy_vit_preset_is_the_measured_recipe():
     """BENCHMARKS.md ("the teacher's ViT as the student") measured ``--preset toy`` with
     these four overrides; the preset must stay that run (its own out folder aside)."""

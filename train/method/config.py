@@ -2,6 +2,8 @@
 
     python -m train --preset toy --steps=300 --out=runs/toy_short
 
+A preset may start from another: ``"extends": "toy"`` (a preset name, or a ``.json``
+path relative to the preset's file) takes that preset's values, then its own over them.
 Unknown keys, unknown presets and values of the wrong type are errors that name the fix.
 The resolved config is saved in every checkpoint; ``model_hash`` covers the fields
 that shape the model and the losses, so ``--resume`` refuses a checkpoint from another
@@ -230,20 +232,56 @@ def config_help() -> str:
     return "\n".join(lines)
 
 
+MAX_PRESET_BYTES = 1 << 20  # a preset is a few hundred bytes of JSON
+MAX_EXTENDS = 8  # "extends" chain length
+
+
+def _read_preset(preset: str, known, base: Path | None = None, seen: tuple = ()) -> dict:
+    """A preset's values: its JSON object, over those of the preset it names in
+    ``"extends"`` (a preset name, or a ``.json`` path relative to the file that names
+    it), applied first. Bounded: the file's size, the chain's length, no cycles."""
+    if not isinstance(preset, str) or not preset:
+        raise ValueError(f"preset must be a name or a .json path, got {preset!r}")
+    if preset.endswith(".json"):
+        path = Path(preset).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+    else:
+        path = PRESETS / f"{preset}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in PRESETS.glob("*.json"))
+        raise ValueError(f"preset {preset!r} not found; available: {names} or a .json path")
+    key = path.resolve()
+    if key in seen:
+        raise ValueError(f"{path}: \"extends\" goes round in a circle ({len(seen)} presets)")
+    if len(seen) >= MAX_EXTENDS:
+        raise ValueError(f"{path}: \"extends\" chain longer than {MAX_EXTENDS} presets")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_PRESET_BYTES + 1)
+    if len(raw) > MAX_PRESET_BYTES:
+        raise ValueError(f"{path}: a preset is at most {MAX_PRESET_BYTES} bytes")
+    try:
+        values = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a preset is a JSON object of config keys")
+    bad = sorted(set(values) - set(known) - {"extends"})
+    if bad:
+        raise ValueError(f"{path}: unknown config keys {bad}")
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    return {**_read_preset(parent, known, path.parent, (*seen, key)), **values}
+
+
 def load_config(preset: str | None = None, overrides: list[str] = ()) -> TrainConfig:
     """Preset JSON (``train/method/presets/<name>.json`` or a path) + ``key=value``
     overrides."""
     known = {f.name: f for f in fields(TrainConfig)}
     values: dict = {}
     if preset is not None:
-        path = Path(preset) if preset.endswith(".json") else PRESETS / f"{preset}.json"
-        if not path.is_file():
-            names = sorted(p.stem for p in PRESETS.glob("*.json"))
-            raise ValueError(f"preset {preset!r} not found; available: {names}")
-        values = json.loads(path.read_text())
-        bad = sorted(set(values) - set(known))
-        if bad:
-            raise ValueError(f"{path}: unknown config keys {bad}")
+        values = _read_preset(preset, known)
     for item in overrides:
         key, sep, text = item.lstrip("-").partition("=")
         key = key.replace("-", "_")
