@@ -12,6 +12,12 @@ name in the same call (mixing). Language mode: all names, no head. Both with the
 evaluation protocol of ``train.evaluate`` (no background rule: threshold 0, no
 background names or negatives). Prints mIoU / known / unknown per shot count (mean
 over draws, min..max) and the fit time; writes ``--json``.
+
+``--probe`` adds, per draw, the reference a few-shot head is up against: the linear
+probe of ``train.evaluate --mode probe`` (a linear classifier with bias, trained from
+scratch with torch, every class) fitted on the same n support scenes instead of half the
+held-out folder, then scored on the whole held-out folder. It tells what a linear head on
+this embedding reaches at n scenes, whatever the fitting method.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def main() -> None:
     ap.add_argument("--data", default="data/toy_val,data/toy_val_4000")
     ap.add_argument("--limit", type=int, help="held-out scenes per folder (default: all)")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--probe", action="store_true", help="also the linear probe on the support")
     ap.add_argument("--json", default=str(REPO / "out" / "fewshot.json"))
     args = ap.parse_args()
     seg = clips4rt.Segmenter(args.model, threads=args.threads)
@@ -90,13 +97,18 @@ def main() -> None:
                 head = clips4rt.fit_head(seg, ims, [remap[m] for m in ms], names)
                 fit_s = time.perf_counter() - t0
                 r = _score(seg, data, classes, unknown, head)
-                rows.append({"data": folder, "shots": n, "draw": draw, "head_classes": len(names),
-                             "fit_s": fit_s, **_keys(r)})  # fmt: skip
+                row = {"data": folder, "shots": n, "draw": draw, "head_classes": len(names),
+                       "fit_s": fit_s, **_keys(r)}  # fmt: skip
+                if args.probe:
+                    row["probe"] = _probe(seg, ims, ms, data, classes, unknown)["miou"]
+                rows.append(row)
                 print(f"  {n} shots, draw {draw}: {r['miou']:.1f} / {r['miou_known']:.1f} / "
                       f"{r['miou_unknown']:.1f} ({len(names)} classes from the head, fit "
-                      f"{fit_s:.2f} s)", flush=True)  # fmt: skip
+                      f"{fit_s:.2f} s)" + (f"; linear probe {row['probe']:.1f}" if args.probe
+                                           else ""), flush=True)  # fmt: skip
     print("\n| held-out | shots | mIoU (min..max) | known | unknown | classes from the head "
-          "| fit s | mIoU - language |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| fit s | mIoU - language | linear probe - language |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for folder in args.data.split(","):
         base = next(r for r in rows if r["data"] == folder and r["shots"] == 0)
         print(f"| {Path(folder).name} | language | {base['miou']:.1f} | {base['miou_known']:.1f} "
@@ -108,13 +120,29 @@ def main() -> None:
             lo, hi = min(r["miou"] for r in rs), max(r["miou"] for r in rs)
             print(f"| {Path(folder).name} | {n} | {m['miou']:.1f} ({lo:.1f}..{hi:.1f}) | "
                   f"{m['miou_known']:.1f} | {m['miou_unknown']:.1f} | {m['head_classes']:.1f} | "
-                  f"{m['fit_s']:.2f} | {m['miou'] - base['miou']:+.1f} |")  # fmt: skip
+                  f"{m['fit_s']:.2f} | {m['miou'] - base['miou']:+.1f} | "
+              + (f"{np.mean([r['probe'] for r in rs]) - base['miou']:+.1f} |"
+                 if args.probe else "|"))  # fmt: skip
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 def _keys(r: dict) -> dict:
     return {k: r[k] for k in ("miou", "miou_known", "miou_unknown", "per_class")}
+
+
+def _probe(seg, images, masks, data, classes, unknown) -> dict:
+    """``train.evaluate``'s linear probe, fitted on the support scenes (torch)."""
+    from train.evaluate.modes import fit_probe, probe_cells
+
+    n = len(classes)
+    xs, ys = zip(*(probe_cells(seg.embed_image(im), m) for im, m in zip(images, masks)))
+    predict = fit_probe(np.concatenate(xs), np.concatenate(ys), n)
+    conf = np.zeros((n, n + 1), np.int64)
+    for i in range(len(data)):
+        image, mask = data.load(i)
+        conf += confusion(mask, predict(seg.embed_image(image), image.shape[:2]), n)
+    return summarize(conf, classes, unknown)
 
 
 def _present(seg, images, masks, k: int) -> set[int]:

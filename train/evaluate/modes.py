@@ -100,10 +100,42 @@ def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0, window=No
     return out
 
 
-def eval_probe(seg, data, n, size=None, epochs=300, seed=0, window=None) -> np.ndarray:
-    import torch.nn.functional as F
+def probe_cells(emb: np.ndarray, mask: np.ndarray):
+    """(cells x D, labels) of one image for the probe: the mask resized (nearest) to the
+    embedding grid, ignore (255) cells left out."""
     from PIL import Image
 
+    h, w = emb.shape[1:]
+    small = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST)).reshape(-1)
+    keep = small != 255
+    return emb.reshape(emb.shape[0], -1).T[keep], small[keep].astype(np.int64)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, n: int, epochs=300, seed=0):
+    """The probe: a linear classifier with bias on 10 x the unit embeddings (Adam, lr
+    0.01, full batch). Returns a function (D, h, w) embedding, (H, W) -> (H, W) labels
+    (logits upsampled bilinearly)."""
+    import torch.nn.functional as F
+
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], n)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(lin(x * 10), y).backward()
+        opt.step()
+
+    @torch.no_grad()
+    def predict(emb: np.ndarray, shape) -> np.ndarray:
+        logits = torch.einsum("kd,dhw->khw", lin.weight, torch.from_numpy(emb) * 10)
+        logits = logits + lin.bias[:, None, None]
+        return F.interpolate(logits[None], size=shape, mode="bilinear")[0].argmax(0).numpy()
+
+    return predict
+
+
+def eval_probe(seg, data, n, size=None, epochs=300, seed=0, window=None) -> np.ndarray:
     half = len(data) // 2
     if half < 1:
         raise ValueError("probe mode needs at least 2 images (half train, half test)")
@@ -114,31 +146,18 @@ def eval_probe(seg, data, n, size=None, epochs=300, seed=0, window=None) -> np.n
         desc="probe train",
         unit="img",
     ):
-        h, w = emb.shape[1:]
-        small = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
-        keep = small.reshape(-1) != 255
-        xs.append(emb.reshape(emb.shape[0], -1).T[keep])
-        ys.append(small.reshape(-1)[keep].astype(np.int64))
-    x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
-    torch.manual_seed(seed)
-    lin = torch.nn.Linear(x.shape[1], n)
-    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
-    for _ in range(epochs):
-        opt.zero_grad()
-        F.cross_entropy(lin(x * 10), y).backward()
-        opt.step()
+        x, y = probe_cells(emb, mask)
+        xs.append(x)
+        ys.append(y)
+    predict = fit_probe(np.concatenate(xs), np.concatenate(ys), n, epochs, seed)
     conf = np.zeros((n, n + 1), np.int64)
-    with torch.no_grad():
-        for emb, image, mask in tqdm(
-            _embeddings(seg, data, range(half, len(data)), size, window),
-            total=len(data) - half,
-            desc="probe test",
-            unit="img",
-        ):
-            logits = torch.einsum("kd,dhw->khw", lin.weight, torch.from_numpy(emb) * 10)
-            logits = logits + lin.bias[:, None, None]
-            up = F.interpolate(logits[None], size=image.shape[:2], mode="bilinear")[0]
-            conf += confusion(mask, up.argmax(0).numpy(), n)
+    for emb, image, mask in tqdm(
+        _embeddings(seg, data, range(half, len(data)), size, window),
+        total=len(data) - half,
+        desc="probe test",
+        unit="img",
+    ):
+        conf += confusion(mask, predict(emb, image.shape[:2]), n)
     return conf
 
 
