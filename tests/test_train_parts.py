@@ -206,6 +206,7 @@ def test_presets_extend_other_presets_within_bounds(tmp_path):
     bad("gone.json", json.dumps({"extends": "nope"}), "preset 'nope' not found")
     bad("big.json", "{" + " " * C.MAX_PRESET_BYTES + "}", "at most")
     bad("junk.json", "{not json", "not JSON")
+    bad("up.json", json.dumps({"extends": "../presets/toy"}), "a preset name")
 
 
 def test_the_toy_vit_preset_is_the_measured_recipe():

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -246,8 +247,11 @@ def _read_preset(preset: str, known, base: Path | None = None, seen: tuple = ())
         path = Path(preset).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path
-    else:
+    elif re.fullmatch(r"[A-Za-z0-9_-]+", preset):
         path = PRESETS / f"{preset}.json"
+    else:
+        raise ValueError(f"preset {preset!r}: a preset name (letters, digits, - and _) or a "
+                         "path ending in .json")  # fmt: skip
     if not path.is_file():
         names = sorted(p.stem for p in PRESETS.glob("*.json"))
         raise ValueError(f"preset {preset!r} not found; available: {names} or a .json path")
