@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -14,17 +12,17 @@ import onnxruntime as ort
 from clips4rt import background as BG
 from clips4rt import bundle as B
 from clips4rt import device as DV
-from clips4rt import fewshot as FS
 from clips4rt import hub
+from clips4rt import query as Q
 from clips4rt.device import resolve_providers
 from clips4rt.errors import BundleError, ImageError
 from clips4rt.images import load_image
 from clips4rt.kernels import match_upsample, resize_rgb
 from clips4rt.prompts import check_classes
+from clips4rt.query import Query
 from clips4rt.result import SegmentationResult, absolute_scores
 from clips4rt.stream import newest, pipelined
 from clips4rt.text import TextEncoder
-from clips4rt.vocab import Vocabulary, vocabulary
 from clips4rt.window import MAX_BATCH as WINDOW_BATCH
 from clips4rt.window import check_window, embed_windows
 
@@ -56,33 +54,6 @@ def default_model() -> Path:
 
 def _positive_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-
-
-def _memo_key(v):
-    """A hashable copy of None, a list/tuple of strings or a dict of those, else
-    Ellipsis (no memo)."""
-    if v is None:
-        return None
-    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-        return tuple(v)
-    if isinstance(v, dict):
-        items = tuple((k, _memo_key(x)) for k, x in v.items())
-        if all(isinstance(k, str) and isinstance(x, tuple) for k, x in items):
-            return ("dict", items)
-    return Ellipsis
-
-
-class Query(NamedTuple):
-    """One call's checked options: the vocabulary, the background threshold, the
-    prototypes (names, then background names), and the image-side settings."""
-
-    vocab: Vocabulary
-    threshold: float  # the kernel's (0 when per-class thresholds apply)
-    class_thresholds: np.ndarray | None  # (K,) per class of vocab.classes, or None
-    protos: np.ndarray
-    size: int | None
-    window: tuple[int, int] | None  # (window, stride) pixels, None = whole image
-    logit_scale: float
 
 
 class Segmenter:
@@ -461,37 +432,9 @@ class Segmenter:
             return pipelined(newest(frames), produce, consume, 1)
         return pipelined(frames, produce, consume, prefetch)
 
-    def _query(
-        self,
-        classes,
-        threshold=None,
-        background=None,
-        templates=None,
-        size=None,
-        window="default",
-        window_stride=None,
-        logit_scale=None,
-        negatives=True,
-        head=None,
-    ) -> Query:
-        """Every option of a call, checked before any image is read."""
-        if size is not None:
-            self.working_size(self.info.stride, self.info.stride, size)  # checks size
-        win = self.window_setting(window, window_stride)
-        if logit_scale is None:
-            logit_scale = self.info.logit_scale
-        elif not (
-            isinstance(logit_scale, (int, float, np.floating))
-            and not isinstance(logit_scale, bool)
-            and math.isfinite(logit_scale)
-            and 0 < logit_scale <= 1e4
-        ):
-            raise ValueError(
-                f"logit_scale must be a finite number in (0, 10000], got {logit_scale!r} "
-                f"(None = the bundle's {self.info.logit_scale:g})"
-            )
-        prompts = self._prompts(classes, threshold, background, templates, negatives, head)
-        return Query(*prompts, size, win, float(logit_scale))
+    def _query(self, classes, **options) -> Query:
+        """Every option of a call, checked before any image is read (``clips4rt.query``)."""
+        return Q.build(self, classes, **options)
 
     def window_setting(self, window="default", window_stride=None) -> tuple[int, int] | None:
         """The (window, stride) in pixels a call with these options uses (None = whole
@@ -502,59 +445,13 @@ class Segmenter:
                 window_stride = self.info.window_stride or None
         return check_window(window, window_stride, self.info.stride)
 
-    def _prompts(self, classes, threshold=None, background=None, templates=None, negatives=True,
-                 head=None):  # fmt: skip
-        """Checked (vocabulary, threshold, per-class thresholds, prototypes incl. background
-        names and negatives). The last answer is kept: a video asks the same question
-        every frame."""
-        key = (
-            _memo_key(classes),
-            threshold if isinstance(threshold, (int, float)) else None,
-            _memo_key(background),
-            _memo_key(templates),
-            negatives if isinstance(negatives, bool) else _memo_key(negatives),
-            FS.head_key(head),
-        )
-        if threshold is not None and key[1] is None or Ellipsis in key:
-            key = None  # not a plain call: no memo (and nothing consumed)
-        last = self._last_prompts
-        if key is not None and last is not None and last[0] == key:
-            return last[1]
-        answer = self._check_prompts(classes, threshold, background, templates, negatives, head)
-        if key is not None:
-            self._last_prompts = (key, answer)
-        return answer
+    def _prompts(self, *args):
+        """The checked prompts of a question, the last answer remembered
+        (``clips4rt.query.remembered``)."""
+        return Q.remembered(self, *args)
 
-    def _check_prompts(self, classes, threshold, background, templates, negatives, head=None):
-        if head is None:
-            vocab = vocabulary(classes)
-        else:
-            vocab, head = FS.with_head(self, classes, head)
-        threshold, per_class = BG.class_thresholds(threshold, vocab.classes,
-                                                   self.info.background_threshold)  # fmt: skip
-        if background is None:
-            bg = list(self.info.background_classes)
-        else:  # an empty list switches the bundle's background classes off
-            bg = check_classes(background) if len(background) else []
-        asked = FS.asked_names(vocab)  # the text names, and a fitted head's classes
-        bg = [b for b in bg if b not in asked]
-        cand = BG.candidates(self.info, negatives)
-        if negatives is not True and cand and set(asked) <= set(cand):
-            raise ValueError(
-                f"negatives {cand!r} name every class of the query: nothing could be found; "
-                "give negatives that are not what you ask for"
-            )
-        bg += BG.negatives(asked, [c for c in cand if c not in bg],
-                           lambda n: self.text_embeddings(n, templates),
-                           self.info.negative_max_cosine)  # fmt: skip
-        if head is None:
-            return vocab, threshold, per_class, self.text_embeddings(vocab.names + bg, templates)
-        n_text = len(vocab.names) - len(head.prototypes)
-        parts = [self.text_embeddings(vocab.names[:n_text], templates)] if n_text else []
-        parts.append(head.prototypes)
-        if bg:
-            parts.append(self.text_embeddings(bg, templates))
-        return vocab, threshold, per_class, np.concatenate(parts).astype(np.float32)
+    def _check_prompts(self, *args):
+        return Q.check_prompts(self, *args)
 
     def image_sha256(self) -> str:
         """sha256 of the image graph file (computed once): what a fitted head records."""
