@@ -8,10 +8,11 @@ For every held-out folder in ``--data``: the toy teacher in each dense mode
 = whole image, else windows of WINDOW px at half stride), and every ``--student``
 bundle at each of ``--student-sizes``, evaluated by ``train.evaluate`` in the three modes
 (``--modes``: language = all names, no background rule; unsupervised = spherical k-means
-with k = the class count, Hungarian-matched; probe = a linear classifier on the first
-half, scored on the second). Teacher bundles use ImageNet templates. Prints one table
-(mIoU / known / unknown) and the teacher's best setting per task; writes
-``<out>/three_tasks.json``. Reports already in ``<out>`` are reused (delete to redo).
+with k = the class count, Hungarian-matched, ``--kmeans-runs`` clusterings pooled; probe
+= a linear classifier on the first half, scored on the second). Teacher bundles use
+ImageNet templates. Prints one table (mIoU / known / unknown) and the teacher's best
+setting per task; writes ``<out>/three_tasks.json``. Reports already in ``<out>`` are
+reused (delete to redo).
 """
 
 from __future__ import annotations
@@ -31,13 +32,24 @@ from train.export import export_dense_clip  # noqa: E402
 KEYS = ("miou", "miou_known", "miou_unknown", "per_class", "input_size", "window")
 
 
-def _eval(report: Path, bundle: Path, data: str, mode: str, size, window, threads) -> dict:
+def _report(out: Path, who: str, data: str, task: str, runs: int) -> Path:
+    """The cached report of one cell; unsupervised reports of several k-means runs are
+    named ``unsupervised_r<runs>`` (the plain name: one run, the protocol before
+    2026-12-04)."""
+    tag = who.replace(" ", "_").replace("/", "-")
+    if task == "unsupervised" and runs != 1:
+        task = f"unsupervised_r{runs}"
+    return out / f"{tag}.{Path(data).name}.{task}.json"
+
+
+def _eval(report: Path, bundle: Path, data: str, mode: str, size, window, threads,
+          runs) -> dict:  # fmt: skip
     if report.is_file():
         return json.loads(report.read_text())
     win, step = (window, window // 2) if window else (None, None)
     r = evaluate(bundle, data, mode=mode, size=size, threads=threads, window=win,
-                 window_stride=step)  # fmt: skip
-    r = {k: r[k] for k in KEYS}
+                 window_stride=step, kmeans_runs=runs)  # fmt: skip
+    r = {k: r[k] for k in KEYS + (("kmeans_runs",) if mode == "unsupervised" else ())}
     report.write_text(json.dumps(r, indent=2))
     return r
 
@@ -52,6 +64,9 @@ def main() -> None:
     ap.add_argument("--student", action="append", default=[], help="NAME=BUNDLE")
     ap.add_argument("--student-sizes", default="192")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--kmeans-runs", type=int, default=5,
+                    help="unsupervised: k-means runs pooled (1 = the protocol before "
+                    "2026-12-04)")  # fmt: skip
     ap.add_argument("--claim", help="NAME,NAME: the student runs whose mean is 'the student' "
                     "in the claim table (at the first --student-sizes size)")  # fmt: skip
     args = ap.parse_args()
@@ -76,10 +91,10 @@ def main() -> None:
             who = f"teacher {dense} {size}" + (f" w{window}/{window // 2}" if window else "")
             for data in args.data.split(","):
                 for task in args.modes.split(","):
-                    tag = who.replace(" ", "_").replace("/", "-")
-                    rep = out / f"{tag}.{Path(data).name}.{task}.json"
-                    rows.append((who, data, task, _eval(rep, bundle, data, task, size, window,
-                                                        args.threads)))  # fmt: skip
+                    rep = _report(out, who, data, task, args.kmeans_runs)
+                    r = _eval(rep, bundle, data, task, size, window, args.threads,
+                              args.kmeans_runs)  # fmt: skip
+                    rows.append((who, data, task, r))
                     print(rows[-1][:3], f"{rows[-1][3]['miou']:.1f}", flush=True)
     for spec in args.student:
         name, bundle = spec.split("=", 1)
@@ -87,9 +102,10 @@ def main() -> None:
             who = f"student {name} {size}"
             for data in args.data.split(","):
                 for task in args.modes.split(","):
-                    rep = out / f"{who.replace(' ', '_')}.{Path(data).name}.{task}.json"
-                    rows.append((who, data, task, _eval(rep, Path(bundle), data, task, size, 0,
-                                                        args.threads)))  # fmt: skip
+                    rep = _report(out, who, data, task, args.kmeans_runs)
+                    r = _eval(rep, Path(bundle), data, task, size, 0, args.threads,
+                              args.kmeans_runs)  # fmt: skip
+                    rows.append((who, data, task, r))
                     print(rows[-1][:3], f"{rows[-1][3]['miou']:.1f}", flush=True)
     datas = args.data.split(",")
     tasks = args.modes.split(",")

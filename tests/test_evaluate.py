@@ -45,6 +45,11 @@ def test_modes_report(bundles, toy_dir, mode, tmp_path):
     assert r["mode"] == mode and r["images"] == 6 and len(r["per_class"]) == 20
     assert 0 <= r["miou"] <= 100 and 0 <= r["pixel_accuracy"] <= 100
     assert r["unknown_classes"] == ["snow", "star", "fish", "car", "kite"]
+    if mode == "unsupervised":  # five k-means runs by default, each one's mIoU reported
+        assert len(r["kmeans_runs"]) == 5 and all(0 <= v <= 100 for v in r["kmeans_runs"])
+        with pytest.raises(SystemExit) as e:
+            ev.main(["--model", "m.onnx", "--data", "d", "--mode", mode, "--kmeans-runs", "0"])
+        assert e.value.code == 2
 
 
 def test_language_mode_equals_segmenter_runs(bundles, toy_dir):

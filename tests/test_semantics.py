@@ -180,7 +180,16 @@ def test_unsupervised_and_probe_find_a_known_answer():
 
     data, seg = _FakeData(), _FakeSeg([2, 0, 3, 1])
     conf = eval_unsupervised(seg, data, 4)
-    assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
+    assert conf.shape == (1, 4, 5)
+    assert summarize(conf[0], data.classes, [])["miou"] == pytest.approx(100.0)
+    # several runs: each clustering (its own seed, so its own cluster order) is matched on
+    # its own; the first does not depend on how many follow
+    runs = eval_unsupervised(seg, data, 4, runs=3)
+    assert (runs[0] == conf[0]).all()
+    for c in runs:
+        assert summarize(c, data.classes, [])["miou"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        eval_unsupervised(seg, data, 4, runs=0)
     conf = eval_probe(seg, data, 4, epochs=200)
     assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
 

@@ -11,8 +11,10 @@ Modes:
 - ``unsupervised``: spherical k-means (k = number of classes; the best of
   ``RESTARTS`` = 5 k-means++ seedings by total cosine, as k-means implementations
   usually restart) on the pixel embeddings, clusters matched to classes by the
-  Hungarian algorithm. (Before 2026-12-03: one seeding; its figures vary by several
-  mIoU between two held-out folders.)
+  Hungarian algorithm; ``--kmeans-runs`` (default 5) such clusterings from successive
+  seeds, each matched on its own, scored on their pooled confusions (the report lists
+  each run's mIoU). (Before 2026-12-03: one seeding; before 2026-12-04: one run, which
+  ``--kmeans-runs 1`` reproduces - one run's figure moves by 1-2 mIoU with its seed.)
 - ``probe``: a linear classifier on the pixel embeddings, trained on the first half
   of the images (labels resized to the embedding grid) and scored on the second half.
 - ``single-class``: the find-X protocol (``train.evaluate.single``): each present class
@@ -37,7 +39,8 @@ from train.evaluate.metrics import confusion, hungarian_match, summarize
 from train.evaluate.voc import VOCFolder
 from train.kmeans import best_kmeans
 
-RESTARTS = 5  # k-means runs of the unsupervised mode (the best fit is scored)
+RESTARTS = 5  # k-means++ seedings of one clustering (the best fit is scored)
+KMEANS_RUNS = 5  # clusterings of the unsupervised mode, scored on their pooled confusions
 
 
 def eval_language(seg, data, classes, size=None, templates=None, batch=16, window=None
@@ -68,7 +71,13 @@ def _embeddings(seg, data, indices, size, window=None):
 
 
 def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0, window=None,
-                      restarts=RESTARTS) -> np.ndarray:  # fmt: skip
+                      restarts=RESTARTS, runs=1) -> np.ndarray:  # fmt: skip
+    """The unsupervised mode: ``runs`` clusterings of one pixel sample (k-means seeded
+    from ``seed``, ``seed + 1``, ...; each the best of ``restarts`` by total cosine), each
+    matched to the classes on its own. Returns the (runs, n, n + 1) matched confusions
+    (``runs=1`` is the protocol before 2026-12-04 exactly)."""
+    if runs < 1:
+        raise ValueError(f"k-means runs must be >= 1, got {runs}")
     rng = np.random.default_rng(seed)
     feats = []
     per_image = max(1, sample // len(data))
@@ -80,23 +89,28 @@ def eval_unsupervised(seg, data, n, size=None, sample=200_000, seed=0, window=No
     ):
         f = emb.reshape(emb.shape[0], -1).T
         feats.append(f[rng.choice(len(f), min(per_image, len(f)), replace=False)])
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(np.concatenate(feats))[None]
-    cent = best_kmeans(x[0], n, restarts, gen)[1].numpy()
-    conf = np.zeros((n, n + 1), np.int64)
+    x = torch.from_numpy(np.concatenate(feats))
+    del feats
+    cents = []
+    for r in range(runs):
+        gen = torch.Generator().manual_seed(seed + r)
+        cents.append(best_kmeans(x, n, restarts, gen)[1].numpy())
+    del x
+    conf = np.zeros((runs, n, n + 1), np.int64)
     for emb, image, mask in tqdm(
         _embeddings(seg, data, range(len(data)), size, window),
         total=len(data),
         desc="assign",
         unit="img",
     ):
-        labels, _, _ = match_upsample(emb, cent, image.shape[:2], 1.0, labels_only=True)
-        conf += confusion(mask, labels, n)
-    mapping = hungarian_match(conf)
+        for r, cent in enumerate(cents):
+            labels, _, _ = match_upsample(emb, cent, image.shape[:2], 1.0, labels_only=True)
+            conf[r] += confusion(mask, labels, n)
     out = np.zeros_like(conf)
-    for cluster, cls in enumerate(mapping):
-        out[:, cls if cls >= 0 else n] += conf[:, cluster]
-    out[:, n] += conf[:, n]
+    for r in range(runs):
+        for cluster, cls in enumerate(hungarian_match(conf[r])):
+            out[r, :, cls if cls >= 0 else n] += conf[r, :, cluster]
+        out[r, :, n] += conf[r, :, n]
     return out
 
 
@@ -165,6 +179,9 @@ def markdown(report: dict) -> str:
     lines = [f"| metric | {report['mode']} |", "| --- | --- |"]
     for k in ("miou", "miou_known", "miou_unknown", "hm", "pixel_accuracy"):
         lines.append(f"| {k} | {report[k]:.1f} |")
+    if report.get("kmeans_runs"):
+        runs = ", ".join(f"{v:.1f}" for v in report["kmeans_runs"])
+        lines.append(f"| miou of each k-means run | {runs} |")
     lines += ["", "| class | IoU | split |", "| --- | --- | --- |"]
     for c, v in report["per_class"].items():
         split = "unknown" if c in report["unknown_classes"] else "known"
@@ -201,6 +218,7 @@ def evaluate(
     threads=None,
     window="default",
     window_stride=None,
+    kmeans_runs=KMEANS_RUNS,
 ) -> dict:
     """Run one evaluation; returns the report dict (see ``train.evaluate.metrics.summarize``).
     ``threads``: CPU threads of the runtime (default: onnxruntime's choice); ``window``,
@@ -219,7 +237,9 @@ def evaluate(
     if mode == "language":
         conf = eval_language(seg, data, classes, size, templates, window=win)
     elif mode == "unsupervised":
-        conf = eval_unsupervised(seg, data, len(classes), size, window=win)
+        per_run = eval_unsupervised(seg, data, len(classes), size, window=win,
+                                    runs=kmeans_runs)  # fmt: skip
+        conf = per_run.sum(0)
     elif mode == "probe":
         conf = eval_probe(seg, data, len(classes), size, window=win)
     elif mode == "single-class":
@@ -231,6 +251,8 @@ def evaluate(
                          "single-class")  # fmt: skip
     if mode != "single-class":
         report = summarize(conf, classes, unknown)
+    if mode == "unsupervised":
+        report["kmeans_runs"] = [summarize(c, classes, unknown)["miou"] for c in per_run]
     report.update(
         mode=mode,
         model=str(model),
@@ -264,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, help="sliding-window inference: crop size in pixels "
                    "of the working size (0 = whole image; default: the bundle's)")  # fmt: skip
     p.add_argument("--window-stride", type=int, help="pixels between windows (default: half)")
+    p.add_argument("--kmeans-runs", type=int, default=KMEANS_RUNS,
+                   help="unsupervised mode: clusterings from successive seeds, scored pooled "
+                   f"(default {KMEANS_RUNS}; 1 = the protocol before 2026-12-04)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.kmeans_runs < 1:
+        p.error(f"--kmeans-runs must be >= 1, got {args.kmeans_runs}")
     unknown = None
     if args.unknown_classes is not None:
         unknown = [c.strip() for c in args.unknown_classes.split(",") if c.strip()]
@@ -282,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
             "default" if args.window is None else (args.window or None),
             args.window_stride,
+            args.kmeans_runs,
         )
     except (ValueError, FileNotFoundError, clips4rt.BundleError, clips4rt.ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
