@@ -19,7 +19,7 @@ def test_teacher_loads_through_open_clip_and_knows_the_toy_world():
 
     from clips4rt.export.clip_loader import load_clip
     from train import toyworld
-    from train.toyworld.teacher import presence_recall
+    from train.toyworld.measure import presence_recall
 
     model, name, _, _ = load_clip(
         model_config=ASSETS / "toy-teacher.json", pretrained=str(ASSETS / "toy-teacher.pt")

@@ -128,7 +128,7 @@ def test_region_crop_captions_name_what_the_crop_shows():
 
 def test_average_precision_hand_checked():
     pytest.importorskip("torch")
-    from train.toyworld.teacher import average_precision
+    from train.toyworld.measure import average_precision
 
     pos = np.array([True, False, True, False])
     assert average_precision(np.array([4.0, 1, 3, 2]), pos) == 1.0  # both positives first
@@ -144,7 +144,7 @@ def test_probe_ap_tells_seen_from_unseen_classes():
     """The linear probe of the teacher report: classes written linearly in the
     features score ~1, classes the features do not carry score ~ their base rate."""
     pytest.importorskip("torch")
-    from train.toyworld.teacher import probe_ap
+    from train.toyworld.measure import probe_ap
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 8))
@@ -290,7 +290,7 @@ def test_committed_teacher_knows_the_things():
     import open_clip
 
     from clips4rt.export.clip_loader import load_clip
-    from train.toyworld.teacher import measure
+    from train.toyworld.measure import measure
 
     model, name, _, _ = load_clip(
         model_config=ASSETS / "toy-teacher.json", pretrained=ASSETS / "toy-teacher.pt"
