@@ -47,9 +47,10 @@ def test_modes_report(bundles, toy_dir, mode, tmp_path):
     assert r["unknown_classes"] == ["snow", "star", "fish", "car", "kite"]
     if mode == "unsupervised":  # five k-means runs by default, each one's mIoU reported
         assert len(r["kmeans_runs"]) == 5 and all(0 <= v <= 100 for v in r["kmeans_runs"])
-        with pytest.raises(SystemExit) as e:
-            ev.main(["--model", "m.onnx", "--data", "d", "--mode", mode, "--kmeans-runs", "0"])
-        assert e.value.code == 2
+        for bad in ("0", "101"):
+            with pytest.raises(SystemExit) as e:
+                ev.main(["--model", "m.onnx", "--data", "d", "--mode", mode, "--kmeans-runs", bad])
+            assert e.value.code == 2
 
 
 def test_language_mode_equals_segmenter_runs(bundles, toy_dir):

@@ -188,8 +188,9 @@ def test_unsupervised_and_probe_find_a_known_answer():
     assert (runs[0] == conf[0]).all()
     for c in runs:
         assert summarize(c, data.classes, [])["miou"] == pytest.approx(100.0)
-    with pytest.raises(ValueError, match="runs must be >= 1"):
-        eval_unsupervised(seg, data, 4, runs=0)
+    for bad in (0, 101, 2.0):
+        with pytest.raises(ValueError, match=r"runs must be an int in \[1, 100\]"):
+            eval_unsupervised(seg, data, 4, runs=bad)
     conf = eval_probe(seg, data, 4, epochs=200)
     assert summarize(conf, data.classes, [])["miou"] == pytest.approx(100.0)
 
