@@ -78,7 +78,7 @@ def build(
 
 
 def remembered(seg, classes, threshold=None, background=None, templates=None, negatives=True,
-             head=None):  # fmt: skip
+               head=None):  # fmt: skip
     """Checked (vocabulary, threshold, per-class thresholds, prototypes incl. background
     names and negatives). The last answer is kept: a video asks the same question
     every frame."""
@@ -102,6 +102,9 @@ def remembered(seg, classes, threshold=None, background=None, templates=None, ne
 
 
 def check_prompts(seg, classes, threshold, background, templates, negatives, head=None):
+    """(vocabulary, the kernel's threshold, per-class thresholds or None, (P, D) float32
+    prototypes: the text names', a fitted head's, then the background names' and
+    negatives'), every option checked; the text graph runs here for new names."""
     if head is None:
         vocab = vocabulary(classes)
     else:
