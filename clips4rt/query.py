@@ -73,7 +73,7 @@ def build(
             f"logit_scale must be a finite number in (0, 10000], got {logit_scale!r} "
             f"(None = the bundle's {seg.info.logit_scale:g})"
         )
-    prompts = seg._prompts(classes, threshold, background, templates, negatives, head)
+    prompts = remembered(seg, classes, threshold, background, templates, negatives, head)
     return Query(*prompts, size, win, float(logit_scale))
 
 

@@ -445,12 +445,9 @@ class Segmenter:
                 window_stride = self.info.window_stride or None
         return check_window(window, window_stride, self.info.stride)
 
-    def _prompts(self, *args):
-        """The checked prompts of a question, the last answer remembered
-        (``clips4rt.query.remembered``)."""
-        return Q.remembered(self, *args)
-
     def _check_prompts(self, *args):
+        """The checked prompts of a new question (``clips4rt.query.check_prompts``;
+        ``clips4rt.query.remembered`` calls it through here)."""
         return Q.check_prompts(self, *args)
 
     def image_sha256(self) -> str:
