@@ -134,3 +134,23 @@ def test_modes_are_not_interchangeable(clip_with_norms):
         for b in modes:
             if a != b:
                 assert (ours[a] * refs[b]).sum(1).min() < 0.999, (a, b)
+
+
+@pytest.mark.parametrize("mode", ["maskclip", "clearclip", "sclip"])
+def test_dense_modes_and_vit_student_stay_on_the_models_device(clip_with_norms, mode):
+    """Every tensor the forward makes lives on the model's device: run on torch's "meta"
+    device (shapes only), a constant made on the CPU is a device mismatch, as on a GPU.
+    (The positional embedding's resampling matrix was built on the CPU: every ViT
+    teacher and the vit student failed on CUDA, found on a lent H200 2026-12-04.)"""
+    import copy
+
+    from clips4rt.export.student import build_student
+
+    visual = copy.deepcopy(clip_with_norms.visual)
+    dense = DenseCLIPImage(visual, mode, (0.5,) * 3, (0.25,) * 3).to("meta")
+    for h, w in ((32, 32), (48, 40)):  # the native grid, and a resampled one
+        img = torch.zeros(2, h, w, 3, dtype=torch.uint8, device="meta")
+        assert dense(img).shape == (2, visual.output_dim, h // 8, w // 8)
+    student = build_student("vit", visual.output_dim, visual).to("meta")
+    out = student(torch.zeros(2, 3, 48, 40, device="meta"))
+    assert out.shape == (2, visual.output_dim, 12, 10) and out.device.type == "meta"

@@ -276,3 +276,25 @@ def test_views_normalise_with_the_given_statistics():
     torch.testing.assert_close(pixels_a, pixels_b, atol=1e-6, rtol=0)  # values <= ~3: ulps
     # of float32 (2.4e-7 at 2; measured 3e-8)
     assert not torch.allclose(a, b)
+
+
+def test_cli_errors_keep_the_traceback_of_a_bug(monkeypatch, capsys):
+    """A stop that names its fix (a non-finite loss) is one line; any other RuntimeError
+    is a bug (torch's device mismatch, say) and keeps its traceback for the report."""
+    from train.method import loop
+
+    def fails(exc):
+        def train(cfg, **k):
+            raise exc
+
+        return train
+
+    monkeypatch.setattr(loop, "train", fails(loop.TrainingStopped("loss is nan at step 3")))
+    assert main(["--preset", "toy"]) == 1
+    err = capsys.readouterr().err
+    assert "error: loss is nan at step 3" in err and "Traceback" not in err
+    monkeypatch.setattr(loop, "train", fails(RuntimeError("Expected all tensors on one device")))
+    assert main(["--preset", "toy"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in train" in err
+    assert err.rstrip().endswith("error: Expected all tensors on one device")

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
+
+
+def torch_oom() -> type:
+    """torch's out-of-memory error (a RuntimeError, its message names the sizes)."""
+    import torch
+
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
+        from train.method.loop import TrainingStopped
+
+        if not isinstance(e, (TrainingStopped, torch_oom())):  # a bug: where it happened
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

@@ -45,23 +45,23 @@ def dense_mode(name: str, pos_pad: float = 0.0):
     return register
 
 
-def resample_matrix(n_out, n_in: int, pad) -> torch.Tensor:
-    """(n_out, n_in) float32 matrix of torch's bicubic resampling (a = -0.75,
+def resample_matrix(n_out, n_in: int, pad, device=None) -> torch.Tensor:
+    """(n_out, n_in) float32 matrix (on ``device``) of torch's bicubic resampling (a = -0.75,
     align_corners=False, border taps clamped) from ``n_in`` to ``n_out`` samples, with
     source coordinates ``(i + 0.5) * n_in / (n_out + pad) - 0.5``: ``pad`` = 0 is
     ``F.interpolate(size=n_out)``, ``pad`` = 0.1 is ``scale_factor=(n_out + 0.1) / n_in``.
 
     Written with arange and comparisons so that ``n_out`` stays a dynamic dimension in
     an exported graph (F.interpolate's ``scale_factor`` would be baked in)."""
-    dst = torch.arange(n_out, dtype=torch.float32)
+    dst = torch.arange(n_out, dtype=torch.float32, device=device)
     src = (dst + 0.5) * (n_in / (n_out + pad)) - 0.5
     base = torch.floor(src)
     t = src - base
     a = -0.75
     near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731  |x| <= 1
     far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731  1 < |x| < 2
-    cols = torch.arange(n_in, dtype=torch.float32)
-    m = torch.zeros(dst.numel(), n_in)
+    cols = torch.arange(n_in, dtype=torch.float32, device=device)
+    m = torch.zeros(dst.numel(), n_in, device=device)
     for k, wk in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
         idx = torch.clamp(base + k, 0, n_in - 1)
         m = m + wk[:, None] * (idx[:, None] == cols[None, :]).float()
@@ -161,11 +161,12 @@ def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int], h, w, pad: floa
     resampled bicubically (``resample_matrix``; ``h``, ``w`` may be traced sizes). With
     ``pad`` > 0, as the official SCLIP/ClearCLIP code: the raw embedding at the native
     grid (both sides), ``(n + pad)`` scaling otherwise (pad switched off arithmetically,
-    no Python branch on a traced size)."""
+    no Python branch on a traced size). Computed on ``pos``'s device."""
     gh, gw = grid
-    native = torch.as_tensor((h == gh) & (w == gw), dtype=torch.float32)
+    dev = pos.device
+    native = torch.as_tensor((h == gh) & (w == gw), dtype=torch.float32, device=dev)
     pad = pad * (1.0 - native)
-    mh, mw = resample_matrix(h, gh, pad), resample_matrix(w, gw, pad)
+    mh, mw = resample_matrix(h, gh, pad, dev), resample_matrix(w, gw, pad, dev)
     out = torch.einsum("ia,abc,jb->ijc", mh, pos[1:].reshape(gh, gw, -1).float(), mw)
     return torch.cat([pos[:1], out.reshape(-1, pos.shape[-1]).to(pos.dtype)], dim=0)
 

@@ -43,6 +43,10 @@ from train.method.segments import segment_means
 from train.schedule import warmup_cosine
 
 
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (a non-finite loss); the message names the fix."""
+
+
 def read_classes(spec: str) -> list[str]:
     if spec == "toy":
         from train.toyworld import KNOWN_CLASSES
@@ -409,7 +413,7 @@ def _train(cfg, out, resume, stop_after, rank, world, device, gen) -> Path:
                 )
             if D.all_sum(torch.isfinite(losses["total"].detach()).float()) < world:
                 parts = {k: round(float(v.detach()), 4) for k, v in losses.items()}
-                raise RuntimeError(
+                raise TrainingStopped(
                     f"loss is {losses['total'].item()} at step {step} ({parts}); stopped, the "
                     f"last good checkpoint in {out} is intact. Lower --lr or --concentration."
                 )
