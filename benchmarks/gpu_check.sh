@@ -21,6 +21,10 @@ timeout 300 python3 benchmarks/bench_device.py --providers CUDAExecutionProvider
   --bundle clips4rt/models/toy.onnx --bundle "$out/vitb16.onnx" --bundle "$out/vitb16_fp16.onnx" 2>&1 | tee "$out/bench_device.log"
 echo "device bench exit: ${PIPESTATUS[0]}"
 rm -f "$out"/vitb16*.onnx
+# ---- a short ViT training on the card: the toy teacher + the vit student, bf16 autocast
+# (every ViT run failed at step 1 on CUDA from cb170eb until 2026-12-04: a CPU constant)
+timeout 240 python3 -m train --preset toy-vit --steps=20 --ckpt_every=20 "--out=$out/toyvit" 2>&1 | tail -2
+echo "toy-vit GPU exit: ${PIPESTATUS[0]}"; rm -rf "$out/toyvit"
 # ---- the edge preset (issue 30): training throughput on one GPU, alone and under torchrun
 # (nccl), then the student's end-to-end rate at 720p on TensorRT fp16 / CUDA. Random weights
 # (no download on the device machine): speed does not depend on them.
