@@ -105,7 +105,7 @@ def main() -> None:
     trains = [(name, ov, s) for s in seeds for name, ov in recipes]  # seed-major
     ready: list[str] = []  # students exported, in the order they finished
     evals_done: set = set()
-    running: dict = {}  # Popen -> (kind, key)
+    running: dict = {}  # Popen -> (kind, key, its open log file)
     failed = []
 
     def start(cmd: str, kind: str, key, log: Path) -> None:
@@ -192,12 +192,12 @@ def _summary(out: Path, recipes, seeds, datas, modes, size, runs) -> None:
     print("| --- | --- |" + " --- |" * (len(datas) + 2))
     for mode in modes:
         ref = None
-        for name, _ in recipes:
+        for i, (name, _) in enumerate(recipes):
             vs = [list(rows[f"{name} {mode} {d}"].values()) for d in names]
             cells = [f"{mean(v):.2f} ({min(v):.1f}..{max(v):.1f}, n={len(v)})" if v else ""
                      for v in vs]  # fmt: skip
             m = mean([mean(v) for v in vs]) if all(vs) else None
-            ref = m if ref is None else ref
+            ref = m if i == 0 else ref  # the first recipe's mean (None: no differences)
             diff = f"{m - ref:+.2f}" if m is not None and ref is not None else ""
             cells += [f"{m:.2f}" if m is not None else "", diff]
             print(f"| {name} | {mode} | " + " | ".join(cells) + " |")
