@@ -82,12 +82,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.eval_one:  # one evaluation, in its own process: bundle data mode report size runs
         bundle, data, mode, report, size, runs = args.eval_one
-        import clips4rt.segmenter
-
         # the protocol's provider everywhere: the CPU one (no TensorRT/CUDA where
         # onnxruntime-gpu is installed), one thread
-        clips4rt.segmenter.resolve_providers = lambda providers: ["CPUExecutionProvider"]
-        _eval(Path(report), Path(bundle), data, mode, int(size), 0, 1, int(runs))
+        _eval(Path(report), Path(bundle), data, mode, int(size), 0, 1, int(runs),
+              providers=["CPUExecutionProvider"])  # fmt: skip
         return
     if not args.recipe:
         ap.error("give at least one --recipe NAME=OVERRIDES")

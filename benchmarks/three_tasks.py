@@ -43,12 +43,12 @@ def _report(out: Path, who: str, data: str, task: str, runs: int) -> Path:
 
 
 def _eval(report: Path, bundle: Path, data: str, mode: str, size, window, threads,
-          runs) -> dict:  # fmt: skip
+          runs, providers=None) -> dict:  # fmt: skip
     if report.is_file():
         return json.loads(report.read_text())
     win, step = (window, window // 2) if window else (None, None)
     r = evaluate(bundle, data, mode=mode, size=size, threads=threads, window=win,
-                 window_stride=step, kmeans_runs=runs)  # fmt: skip
+                 window_stride=step, kmeans_runs=runs, providers=providers)  # fmt: skip
     r = {k: r[k] for k in KEYS + (("kmeans_runs",) if mode == "unsupervised" else ())}
     report.write_text(json.dumps(r, indent=2))
     return r

@@ -221,13 +221,15 @@ def evaluate(
     window="default",
     window_stride=None,
     kmeans_runs=KMEANS_RUNS,
+    providers=None,
 ) -> dict:
     """Run one evaluation; returns the report dict (see ``train.evaluate.metrics.summarize``).
     ``threads``: CPU threads of the runtime (default: onnxruntime's choice); ``window``,
     ``window_stride``: sliding-window inference as in ``Segmenter.run`` (default: the
-    bundle's; None = whole image)."""
+    bundle's; None = whole image); ``providers``: as ``Segmenter``'s (default: the GPU
+    ones where onnxruntime-gpu sees them, then the CPU)."""
     data = VOCFolder(data_dir, image_set=image_set, limit=limit)
-    seg = clips4rt.Segmenter(model, threads=threads)
+    seg = clips4rt.Segmenter(model, threads=threads, providers=providers)
     classes = data.classes
     if unknown is None:
         unknown = list(data.split.get("unknown", []))
