@@ -33,11 +33,17 @@ python3 benchmarks/recipe_seeds.py "$@" --seeds "${SEEDS:-0,1,2,3,4}" --steps "$
   --out "$work" --slots "${SLOTS:-16}" --deadline "${DEADLINE:-420}" 2>&1 | tee "$out/driver.log"
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
 # what comes back (at most 8 files): reports, logs and metrics in one archive, the
-# students' image graphs three to an archive (the text graph is the teacher's, the same
-# for every student: one copy)
+# students' image graphs three to an archive, least scored first (the text graph is the
+# teacher's, the same for every student: one copy)
 (cd "$work" && tar czf "$out/reports.tgz" reports logs summary.json runs/*/metrics.csv \
   runs/*/run.json 2>/dev/null)
-models=$(cd "$work" && ls runs/*/model.onnx 2>/dev/null)
+models=$(cd "$work" && python3 -c '
+import glob, os
+runs = sorted(glob.glob("runs/*/model.onnx"))
+def scored(p):
+    name = os.path.basename(os.path.dirname(p))
+    return len(glob.glob("reports/student_%s_*.json" % name))
+print("\n".join(sorted(runs, key=scored)))')
 text=$(cd "$work" && ls runs/*/model.text.onnx 2>/dev/null | head -1)
 [ -n "$text" ] && cp "$work/$text" "$out/model.text.onnx"
 i=0
