@@ -75,6 +75,41 @@ def test_crop_targets_with_centring_train_and_resume_exactly(tmp_path):
     assert dense.model_hash() == old_hash
 
 
+def test_crop_weight_moves_the_target_from_the_dense_features_to_the_crops(
+    tmp_path, monkeypatch
+):
+    """--crop_weight with --teacher_targets=both: the segments' targets at step 1 (same
+    seed, scenes and student) are the unit mean of the dense targets and the crops'
+    targets times the weight: 0 gives the dense targets, a huge weight the crops'."""
+    from train.method import loop
+
+    seen = {}
+    real = loop.embedding_consistency
+
+    def spy(v, t, **kw):
+        seen.setdefault("t", t.detach().clone())  # the first step's targets
+        return real(v, t, **kw)
+
+    monkeypatch.setattr(loop, "embedding_consistency", spy)
+
+    def targets(name, *extra):
+        seen.clear()
+        train(_cfg(tmp_path / name, "--steps=1", "--ckpt_every=1", *extra))
+        return seen["t"]
+
+    dense = targets("dense", "--teacher_targets=dense")
+    crops = targets("crops", "--teacher_targets=crops")
+    assert (dense * crops).sum(-1).max() < 0.999  # the two targets differ
+    both = ["--teacher_targets=both"]
+    torch.testing.assert_close(targets("w0", *both, "--crop_weight=0"), dense)
+    torch.testing.assert_close(targets("w2", *both, "--crop_weight=2.5"),
+                               torch.nn.functional.normalize(dense + 2.5 * crops, dim=-1))
+    torch.testing.assert_close(targets("w1", *both),  # the default: their plain mean
+                               torch.nn.functional.normalize(dense + crops, dim=-1))
+    torch.testing.assert_close(targets("wbig", *both, "--crop_weight=1e6"), crops,
+                               rtol=0, atol=1e-5)  # fmt: skip
+
+
 def test_resume_refuses_another_config(tmp_path):
     train(_cfg(tmp_path, "--steps=2"))
     with pytest.raises(ValueError, match="another configuration"):

@@ -45,6 +45,7 @@ class TrainConfig:
     pretrained: str | None = "train/assets/toy-teacher.pt"
     teacher_dense: str = "sclip"
     teacher_targets: str = "both"  # dense | crops | both (train/method/crops.py)
+    crop_weight: float = 1.0  # with both: the crop embedding's weight against the dense mean
     teacher_window: int = 0  # dense targets in sliding windows of this many px (0 = whole)
     teacher_center: float = 1.0  # strength of the teacher-logit centring (0 = off, 1 = full)
     known_classes: str = "toy"  # "toy" or a text file, one class name a line
@@ -176,7 +177,10 @@ HELP = {
     "teacher_dense": "training-free dense mode of the teacher's maps",
     "teacher_targets": "the teacher's target for a segment: dense (its dense features "
     "averaged over the segment), crops (its global embedding of the segment cut out) or "
-    "both (their mean)",
+    "both (their mean, the crop weighted by --crop_weight)",
+    "crop_weight": "with teacher_targets both: the target is the unit mean of the dense "
+    "features and this many times the crop's embedding (1 = equal; the dense features "
+    "know stuff, the crops things)",
     "teacher_center": "share of the running mean of the teacher's class logits subtracted "
     "before its softmax in the semantic consistency (DINO's centring; 0 = off, 1 = full)",
     "known_classes": '"toy" or a text file, one class name a line (the known vocabulary)',
@@ -326,6 +330,7 @@ RANGES = {
     "w_embedding": (0.0, 1e6),
     "w_semantic": (0.0, 1e6),
     "w_pixel": (0.0, 1e6),
+    "crop_weight": (0.0, 1e6),
     "unknown_prototypes": (0, 4096),
     "unknown_threshold": (-1.0, 1.0),
     "teacher_center": (0.0, 1.0),

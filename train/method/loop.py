@@ -204,7 +204,8 @@ def step_losses(
             td, _ = segment_means(tf, lab, k)
             tm = td.reshape(-1, td.shape[-1])[valid]
         if crops:  # the teacher's global embedding of each segment, cut out of the view
-            tm = F.normalize(tm + teacher.crops(x, lab, k, (h, w)), dim=-1)  # (segments, D)
+            tc = teacher.crops(x, lab, k, (h, w))  # (segments, D)
+            tm = F.normalize(tm + cfg.crop_weight * tc if dense else tc, dim=-1)
         remap = torch.cumsum(valid.long(), 0) - 1 + offset  # segment id within this rank
         ids = lab + torch.arange(b, device=device)[:, None] * k
         own.append(remap[ids])
