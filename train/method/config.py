@@ -179,8 +179,7 @@ HELP = {
     "averaged over the segment), crops (its global embedding of the segment cut out) or "
     "both (their mean, the crop weighted by --crop_weight)",
     "crop_weight": "with teacher_targets both: the target is the unit mean of the dense "
-    "features and this many times the crop's embedding (1 = equal; the dense features "
-    "know stuff, the crops things)",
+    "features and this many times the crop's embedding (1 = equal weights)",
     "teacher_center": "share of the running mean of the teacher's class logits subtracted "
     "before its softmax in the semantic consistency (DINO's centring; 0 = off, 1 = full)",
     "known_classes": '"toy" or a text file, one class name a line (the known vocabulary)',
