@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 31 on a lent GPU, in one call: five seeds each of `--preset toy-vit` recipes
-# (default: session 18's three - "preset" = batch 16 as the preset then was, "conc5" =
-# that with --concentration=5, "batch32" = the preset now) trained side by side on the card
+# (default: session 18's three, spelled out - "preset" = batch 16 at temperature 10 as the
+# preset then was, "conc5" = that with --concentration=5, "batch32" = batch 32 at 10; the
+# preset now is batch 32 at 5, session 19) trained side by side on the card
 # (bf16 autocast), exported, and scored by train.evaluate on the CPU cores (CPU provider,
 # one thread each) on the four held-out folders, unsupervised first, then language, then
 # probe, until the deadline (benchmarks/recipe_seeds.py). From the repo root, with
@@ -26,8 +27,8 @@ if ! python3 -c "import clips4rt._cpu" 2>/dev/null; then
       && cp /tmp/b/_cpu*.so clips4rt/; } > "$out/native_build.log" 2>&1
   python3 -c "from clips4rt import kernels as k; print('native kernels:', k.HAVE_NATIVE, k.available_isas())"
 fi
-[ $# -gt 0 ] || set -- --recipe preset=--batch=16 --recipe "conc5=--batch=16 --concentration=5" \
-  --recipe batch32=
+[ $# -gt 0 ] || set -- --recipe "preset=--batch=16 --concentration=10" \
+  --recipe "conc5=--batch=16 --concentration=5" --recipe batch32=--concentration=10
 python3 benchmarks/recipe_seeds.py "$@" --seeds "${SEEDS:-0,1,2,3,4}" --steps "${STEPS:-500}" \
   --data data/toy_val,data/toy_val_4000,data/toy_val_7000,data/toy_val_8000 \
   --out "$work" --slots "${SLOTS:-16}" --deadline "${DEADLINE:-420}" 2>&1 | tee "$out/driver.log"

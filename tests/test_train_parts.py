@@ -210,15 +210,16 @@ def test_presets_extend_other_presets_within_bounds(tmp_path):
 
 
 def test_the_toy_vit_preset_is_the_measured_recipe():
-    """BENCHMARKS.md ("the teacher's ViT as the student", then "five seeds a recipe")
-    measured ``--preset toy`` with these five overrides; the preset must stay that run
-    (its own out folder aside)."""
+    """BENCHMARKS.md ("the teacher's ViT as the student", "five seeds a recipe", then
+    "a softer temperature on batches of 32") measured ``--preset toy`` with these six
+    overrides; the preset must stay that run (its own out folder aside)."""
     from dataclasses import asdict
 
     vit = asdict(load_config("toy-vit"))
     measured = asdict(load_config("toy", ["--backbone=vit", "--false_negatives=positive",
                                           "--false_negative_cos=0.7",
-                                          "--unknown_prototypes=32", "--batch=32"]))  # fmt: skip
+                                          "--unknown_prototypes=32", "--batch=32",
+                                          "--concentration=5"]))  # fmt: skip
     assert vit.pop("out") == "runs/toy-vit" and measured.pop("out") == "runs/toy"
     assert vit == measured
 
