@@ -181,3 +181,28 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     torch.save(other, out / "step_0000002.pt")
     with pytest.raises(C.CheckpointError, match="mixes two runs"):
         train(_cfg(out, "--steps=3"), resume=True)
+
+
+def test_resume_refuses_another_recipe_and_names_the_overrides_that_restore_it(tmp_path):
+    """A preset that moved since the run began (toy-vit's temperature did), or an override
+    forgotten on the resume, would continue the run with other losses without a word."""
+    out = tmp_path / "run"
+    train(_cfg(out, "--steps=2"))
+    with pytest.raises(ValueError, match=r"with --concentration=10.0 --lr=0.001 \(--steps"):
+        train(_cfg(out, "--steps=3", "--lr=0.01", "--concentration=5"), resume=True)
+    assert not (out / "step_0000003.pt").exists()  # refused before a step
+    # where and how often it writes, its validation and its length may change
+    last = train(_cfg(out, "--steps=3", "--keep=1", "--log_every=2", "--workers=0"), resume=True)
+    assert C.load(last)["step"] == 3
+
+
+def test_recipe_changes_skip_fields_a_checkpoint_predates():
+    now = load_config("toy", ["--concentration=5"])
+    saved = load_config("toy", ["--data=/my data", "--steps=9"]).to_dict()
+    assert now.recipe_changes(saved) == ["'--data=/my data'", "--concentration=10.0"]
+    del saved["concentration"]  # written before the field existed: not compared
+    saved["a_field_from_elsewhere"] = 1  # unknown keys are ignored
+    assert now.recipe_changes(saved) == ["'--data=/my data'"]
+    assert now.recipe_changes(["not", "a", "dict"]) == []
+    saved["data"] = "x" * 10**6  # a hand-edited value: the message stays short
+    assert len(now.recipe_changes(saved)[0]) < 300

@@ -6,8 +6,9 @@ A preset may start from another: ``"extends": "toy"`` (a preset name, or a ``.js
 path relative to the preset's file) takes that preset's values, then its own over them.
 Unknown keys, unknown presets and values of the wrong type are errors that name the fix.
 The resolved config is saved in every checkpoint; ``model_hash`` covers the fields
-that shape the model and the losses, so ``--resume`` refuses a checkpoint from another
-configuration.
+that shape the model and the losses, so ``--resume`` and the export refuse a checkpoint
+from another configuration; ``--resume`` also refuses one whose recipe (every field but
+``RESUME_FREE``) differs, naming the overrides that restore it.
 
 The defaults are the ``toy`` preset (a test keeps them equal). File paths (teacher
 config and checkpoint, class list) are used as given when they exist from the working
@@ -22,6 +23,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -122,6 +124,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    # what a resumed run may set otherwise than the run it continues: where it writes and
+    # how often, its validation, and how long it runs (--steps: the cosine stretches from
+    # the step it resumes at). Every other field is the run's recipe.
+    RESUME_FREE = frozenset({"out", "workers", "prefetch", "log_every", "ckpt_every", "keep",
+                             "val", "val_every", "tensorboard", "steps"})  # fmt: skip
+
+    def recipe_changes(self, saved) -> list[str]:
+        """The recipe fields that ``saved`` (a checkpoint's ``config``) sets otherwise,
+        each as the override that restores it (``--concentration=10.0``). Fields outside
+        ``saved`` (a checkpoint older than the field) and ``RESUME_FREE`` are not
+        compared; a ``saved`` that is not a dict compares nothing."""
+        if not isinstance(saved, dict):
+            return []
+        out = []
+        for f in fields(self):
+            if f.name in self.RESUME_FREE or f.name not in saved:
+                continue
+            was = saved[f.name]
+            if was != getattr(self, f.name):
+                text = str(was) if len(str(was)) <= 200 else str(was)[:200] + "..."
+                out.append(shlex.quote(f"--{f.name}={text}"))
+        return out
 
 
 def _coerce(name: str, typ, text: str):

@@ -380,6 +380,13 @@ def _train(cfg, out, resume, stop_after, rank, world, device, gen) -> Path:
                 f"differ: saved {ckpt['model_hash']}, now {cfg.model_hash()}); resume "
                 "with the same preset and overrides, or use a new --out"
             )
+        changed = cfg.recipe_changes(ckpt.get("config"))
+        if changed:  # a preset that moved since, or an override forgotten or added
+            raise ValueError(
+                f"{ckpt_path} was trained with other settings; resume it as it was with "
+                f"{' '.join(changed)} (--steps and where and how often it writes may "
+                "differ), or train anew in another --out"
+            )
         student.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
