@@ -14,7 +14,8 @@ all 20 toy names, raw and centred (the mean cosine of the segments to each name
 subtracted first, as ``--teacher_center=1`` does in training). Printed: the share named
 right, stuff and thing segments apart, by area (share of the view's cells); then two
 gates that would give a segment its crop target alone: by area, and by the crop's own
-probability of naming a thing.
+probability of naming a thing. ``--context A`` shows the view outside each segment at
+share A (``train.method.crops.segment_crops``' ``context``) instead of the grey fill alone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 1.01)
 WEIGHTS = (0.0, 1.0, 2.0, 4.0)  # dense + w * crop; the crop alone is added last
 
 
-def targets(checkpoint: str, seed: int, scenes: int, batch: int = 32):
+def targets(checkpoint: str, seed: int, scenes: int, context: float = 0.0, batch: int = 32):
     """(areas, is_thing, majority class, dense targets (n, D), crop targets (n, D), text
     prototypes of every toy name (20, D))."""
     import open_clip
@@ -83,7 +84,7 @@ def targets(checkpoint: str, seed: int, scenes: int, batch: int = 32):
             td, counts = segment_means(t, lab, k)
             valid = counts.reshape(-1) > 0
             td = F.normalize(td.reshape(-1, td.shape[-1])[valid], dim=-1)
-            tc = teacher.crops(x, lab, k, (h, w))
+            tc = teacher.crops(x, lab, k, (h, w), context=context)
             gt = A.warp(masks[:, None].float(), A.grids(boxes, h, w), mode="nearest")
             gt = gt[:, 0].long().flatten(1)
         for j, (i, s) in enumerate(torch.nonzero(counts.reshape(b, k) > 0).tolist()):
@@ -107,12 +108,13 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True, help="a training checkpoint (step_*.pt)")
     ap.add_argument("--seed", type=int, default=9000, help="toy-world seed of the scenes")
     ap.add_argument("--scenes", type=int, default=256)
+    ap.add_argument("--context", type=float, default=0.0, help="0 = grey fill (training's)")
     args = ap.parse_args(argv)
     import torch
     import torch.nn.functional as F
 
     area, thing, major, dense, crop, protos, thing_ids = targets(
-        args.checkpoint, args.seed, args.scenes
+        args.checkpoint, args.seed, args.scenes, args.context
     )
     maj = torch.from_numpy(major)
 
@@ -129,7 +131,8 @@ def main(argv=None) -> int:
             names.append(label + (" cen" if centred else ""))
     ok = np.stack(cols, 1).astype(float)
     print(f"{args.checkpoint}: {len(area)} segments ({int(thing.sum())} things) of "
-          f"{args.scenes} scenes of seed {args.seed}; share named right (argmax of 20)")
+          f"{args.scenes} scenes of seed {args.seed}, context {args.context:g}; share named "
+          "right (argmax of 20)")
     print("| area | kind | n | " + " | ".join(names) + " |")
     print("| --- " * (3 + len(names)) + "|")
     for lo, hi in zip(EDGES, EDGES[1:]):

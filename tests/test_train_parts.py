@@ -366,6 +366,13 @@ def test_segment_crops_cut_out_each_segment():
     torch.testing.assert_close(seg0[:, 16:, 16:], views[0, :, 16:, 16:], rtol=0, atol=0)
     # image 1: one segment covering it all -> the whole (negated) view
     torch.testing.assert_close(crops[2], views[1], rtol=0, atol=0)  # copied
+    # context: the view outside the segment blended into the fill (inside the view only)
+    fill = torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1)
+    half = segment_crops(views, lab, 3, (h, w), size=S, fill=fill.view(3), context=0.5)
+    torch.testing.assert_close(half[0, :, :16, :16], 0.5 * views[0, :, :16, :16] + 0.5 * fill)
+    torch.testing.assert_close(half[0, :, 16:, 16:], views[0, :, 16:, 16:])
+    assert (half[1, :, :8] == fill).all()  # outside the view: the fill
+    torch.testing.assert_close(half[1, :, 8:24, 24:], 0.5 * views[0, :, 0:16, 16:24] + 0.5 * fill)
 
 
 def test_centring_removes_a_class_that_wins_everything():

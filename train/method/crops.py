@@ -29,6 +29,7 @@ def segment_crops(
     grid: tuple[int, int],
     size: int,
     fill: torch.Tensor | float = 0.0,
+    context: float = 0.0,
 ) -> torch.Tensor:
     """Masked square crops of every non-empty segment.
 
@@ -39,6 +40,8 @@ def segment_crops(
         size: side of the crops (the teacher's input size).
         fill: the value of pixels outside the segment (and outside the view), a scalar or
             (3,) per channel: mid-grey in the teacher's normalisation.
+        context: how much of the view shows outside the segment, blended into ``fill``
+            (0 = ``fill`` alone, 1 = the box unmasked).
     Returns:
         (M, 3, size, size), one crop per (image, segment) with pixels, image-major then
         segment order (the order of ``segment_means(...)[counts > 0]``).
@@ -65,7 +68,8 @@ def segment_crops(
     S = views.shape[-1]
     full = F.interpolate(masks[:, None], size=(S, S), mode="nearest")  # (M, 1, S, S)
     fill = torch.as_tensor(fill, dtype=views.dtype, device=views.device).reshape(1, -1, 1, 1)
-    masked = (views[img] - fill) * full.to(views.dtype)  # 0 outside = `fill` below
+    keep = full if not context else full + context * (1 - full)
+    masked = (views[img] - fill) * keep.to(views.dtype)  # 0 outside = `fill` below
     at = F.affine_grid(theta, [len(img), 3, size, size], align_corners=False)
     out = F.grid_sample(masked, at.to(views.dtype), mode="bilinear", padding_mode="zeros",
                         align_corners=False)  # fmt: skip

@@ -119,10 +119,10 @@ class Teacher:
         return F.normalize(out / count, dim=1)
 
     @torch.no_grad()
-    def crops(self, views, labels, k: int, grid: tuple[int, int]) -> torch.Tensor:
+    def crops(self, views, labels, k: int, grid: tuple[int, int], context=0.0) -> torch.Tensor:
         """Unit global embeddings (M, D) of the masked crops of every non-empty segment
         (``train.method.crops``) of normalised views (B, 3, S, S)."""
-        x = segment_crops(views, labels, k, grid, self.crop_size, fill=self.grey)
+        x = segment_crops(views, labels, k, grid, self.crop_size, fill=self.grey, context=context)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
 
