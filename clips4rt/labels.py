@@ -59,14 +59,23 @@ def _keyhole(outer: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.concatenate([outer[: i + 1], hole[j:], hole[: j + 1], outer[i:]])
 
 
-def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[np.ndarray]:
+KEEP_IOU = 0.9  # polygons(): a simplified part keeps this much of its pixels, or stays exact
+
+
+def polygons(mask: np.ndarray, tolerance: float = 1.0, keep_iou: float = KEEP_IOU
+             ) -> list[np.ndarray]:  # fmt: skip
     """One (N, 2) float64 ring of (x, y) per 8-connected part of ``mask``, its holes
     joined in (see the module docstring), largest part first. A part without area (one
     pixel, a one-pixel line) is a flat ring of at least 3 points through its pixels,
-    which fills back to exactly them."""
+    which fills back to exactly them. A part whose simplified ring would fill back less
+    than ``keep_iou`` of its pixels (intersection over union) keeps its exact ring: in a
+    part of a few pixels, one pixel of tolerance is most of the part (a two-pixel part
+    simplified at 1 px filled back one pixel). ``keep_iou=0``: Douglas-Peucker alone."""
     cv2 = require("cv2")
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1000):
         raise ValueError(f"tolerance must be a number of pixels in [0, 1000], got {tolerance!r}")
+    if not (isinstance(keep_iou, (int, float)) and 0 <= keep_iou <= 1):
+        raise ValueError(f"keep_iou must be a number in [0, 1], got {keep_iou!r}")
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     if m.ndim != 2:
         raise ValueError(f"mask must be (H, W), got {list(m.shape)}")
@@ -75,29 +84,55 @@ def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[np.ndarray]:
         return []
     hier = hier[0]
 
-    def ring(c):
-        if tolerance > 0:
-            c = cv2.approxPolyDP(c, float(tolerance), True)
-        return c.reshape(-1, 2).astype(np.float64)
+    def part(i, tol):
+        """Contour i's ring at tolerance ``tol``, its holes joined in."""
+        poly = _ring(contours[i], tol)
+        if len(poly) < 3:  # a pixel, or a line simplified to its ends: there and back
+            poly = np.concatenate([poly, poly[::-1]])[: max(3, 2 * len(poly) - 1)]
+            poly = np.concatenate([poly, poly[-1:]]) if len(poly) < 3 else poly
+        for j in _holes(hier, i):
+            hole = _ring(contours[j], tol)
+            if len(hole) >= 3:
+                poly = _keyhole(poly, hole)
+        return poly
 
     out = []
     for i, c in enumerate(contours):
         if hier[i][3] != -1:  # a hole: joined to its outer ring below
             continue
         area = cv2.contourArea(c)
-        poly = ring(c)
-        if len(poly) < 3:  # a pixel, or a line simplified to its ends: there and back
-            poly = np.concatenate([poly, poly[::-1]])[: max(3, 2 * len(poly) - 1)]
-            poly = np.concatenate([poly, poly[-1:]]) if len(poly) < 3 else poly
-        j = hier[i][2]  # first hole, then its siblings
-        while j != -1:
-            hole = ring(contours[j])
-            if len(hole) >= 3:
-                poly = _keyhole(poly, hole)
-            j = hier[j][0]
+        poly = part(i, tolerance)
+        # the simplified fill differs from the part's pixels only in a band of about
+        # tolerance + 1 px along its boundaries: a part whose area is not far larger is checked
+        band = 3 * (tolerance + 1) * sum(len(contours[j]) for j in [i, *_holes(hier, i)])
+        if tolerance > 0 and keep_iou > 0 and band > (1 - keep_iou) * area:
+            x, y, w, h = cv2.boundingRect(c)
+            crop = np.ascontiguousarray(m[y : y + h, x : x + w])
+            comp = cv2.connectedComponents(crop, connectivity=8)[1]
+            b = comp == comp[c[0, 0, 1] - y, c[0, 0, 0] - x]  # its pixels (the exact fill)
+            a = rasterize([poly - (x, y)], (h, w))
+            if (a & b).sum() < keep_iou * (a | b).sum():
+                poly = part(i, 0)
         out.append((area, poly))
     out.sort(key=lambda t: -t[0])
     return [p for _, p in out]
+
+
+def _holes(hier: np.ndarray, i: int) -> list[int]:
+    """The contours of the holes of outer contour i."""
+    out, j = [], hier[i][2]  # first hole, then its siblings
+    while j != -1:
+        out.append(j)
+        j = hier[j][0]
+    return out
+
+
+def _ring(c: np.ndarray, tolerance: float) -> np.ndarray:
+    """An OpenCV contour as an (N, 2) float64 ring, Douglas-Peucker simplified."""
+    cv2 = require("cv2")
+    if tolerance > 0:
+        c = cv2.approxPolyDP(c, float(tolerance), True)
+    return c.reshape(-1, 2).astype(np.float64)
 
 
 def rasterize(polys: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
