@@ -204,5 +204,7 @@ def test_recipe_changes_skip_fields_a_checkpoint_predates():
     saved["a_field_from_elsewhere"] = 1  # unknown keys are ignored
     assert now.recipe_changes(saved) == ["'--data=/my data'"]
     assert now.recipe_changes(["not", "a", "dict"]) == []
+    saved["lr"] = torch.ones(3)  # a hand-edited value of another type: a change, no crash
+    assert now.recipe_changes(saved)[1].startswith("'--lr=tensor(")
     saved["data"] = "x" * 10**6  # a hand-edited value: the message stays short
     assert len(now.recipe_changes(saved)[0]) < 300

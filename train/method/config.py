@@ -143,7 +143,8 @@ class TrainConfig:
             if f.name in self.RESUME_FREE or f.name not in saved:
                 continue
             was = saved[f.name]
-            if was != getattr(self, f.name):
+            plain = isinstance(was, (str, int, float, bool, type(None)))  # a checkpoint may
+            if not plain or was != getattr(self, f.name):  # hold tensors or lists anywhere
                 text = str(was) if len(str(was)) <= 200 else str(was)[:200] + "..."
                 out.append(shlex.quote(f"--{f.name}={text}"))
         return out
