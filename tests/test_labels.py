@@ -144,6 +144,35 @@ def test_small_parts_are_not_simplified_away():
     assert _iou(L.rasterize([coarse], disc.shape), disc > 0) >= 0.98
 
 
+def test_a_keyhole_joins_large_rings_in_bounded_memory(monkeypatch):
+    """A ring of ~2.5 k points around a hole of ~2.5 k at tolerance 0: the closest pair
+    was found over all 6 M pairs at once (~200 MB; 6 GB for 20 k-point rings); now a chunk
+    of pairs at a time, the same pair as the brute force (ties: the first in order)."""
+    import tracemalloc
+
+    import cv2
+
+    ring = np.zeros((1000, 1000), np.uint8)
+    cv2.circle(ring, (500, 500), 450, 1, -1)
+    cv2.circle(ring, (500, 500), 440, 0, -1)
+    tracemalloc.start()
+    try:
+        polys = L.polygons(ring, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak / 2**20
+    np.testing.assert_array_equal(L.rasterize(polys, ring.shape), ring > 0)
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(L, "KEYHOLE_CHUNK", 7)  # many chunks, ties across them
+    for _ in range(200):
+        a, b = (rng.integers(0, 6, (int(rng.integers(1, 40)), 2)).astype(float) for _ in "ab")
+        d = ((a[:, None] - b[None]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+        np.testing.assert_array_equal(
+            L._keyhole(a, b), np.concatenate([a[: i + 1], b[j:], b[: j + 1], a[i:]]))
+
+
 def test_polygons_keep_holes_exactly_at_tolerance_0():
     lab = _synthetic()
     for k in range(4):
